@@ -1,0 +1,223 @@
+"""Split Mandrill (Mailchimp Transactional) webhook batches into events, and check their signatures.
+
+Sans-IO like `relay.mailchimp`, which re-exports these names. `rebatch_mandrill` builds the body
+a downstream receives for the events routed to it.
+
+    >>> batch = parse_mandrill(b"mandrill_events=%5B%7B%22event%22%3A%22send%22%7D%5D")
+    >>> [(event.type, event.raw) for event in batch.events]
+    [('send', b'{"event":"send"}')]
+"""
+
+import base64
+import hashlib
+import hmac
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, quote_plus
+
+import orjson
+
+__all__ = [
+    "MandrillBatch",
+    "MandrillEvent",
+    "mandrill_signature",
+    "parse_mandrill",
+    "rebatch_mandrill",
+    "verify_mandrill_signature",
+]
+
+_WHITESPACE = b" \t\r\n"
+_LEADING_WHITESPACE = re.compile(rb"[ \t\r\n]*")
+_STRUCTURAL = re.compile(rb'[\[\]{},"]')
+# Unrolled so that a long string costs one linear pass and never backtracks.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class MandrillEvent:
+    """One element of a Mandrill batch, with its JSON text kept byte for byte."""
+
+    type: str
+    raw: bytes
+    data: dict[str, Any]
+    fired_at: datetime | None
+    email: str | None
+    message_id: str | None
+    dedup_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MandrillBatch:
+    """The events of one Mandrill POST; `error` says why there are none if the body is unusable."""
+
+    events: tuple[MandrillEvent, ...]
+    error: str | None = None
+
+
+def parse_mandrill(body: bytes) -> MandrillBatch:
+    """Parse a Mandrill webhook body (`mandrill_events=<JSON array>`); never raises.
+
+    `mandrill_events=[]`, Mailchimp's validation POST, is an empty batch without error. When
+    `error` is set, `events` is empty: the batch is kept whole or not at all.
+    """
+    values = [value for key, value in _form_fields(body) if key == "mandrill_events"]
+    if not values:
+        return MandrillBatch((), "no mandrill_events field")
+    try:
+        # The last field wins, as in PHP's $_POST, which is what Mandrill's own examples read.
+        text = values[-1].encode("utf-8")
+    except UnicodeEncodeError:
+        return MandrillBatch((), "mandrill_events is not valid UTF-8")
+    try:
+        items = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return MandrillBatch((), "mandrill_events is not valid JSON")
+    if not isinstance(items, list):
+        return MandrillBatch((), "mandrill_events is not a JSON array")
+    spans = _element_spans(text)
+    if spans is None or len(spans) != len(items):
+        return MandrillBatch((), "could not split mandrill_events into elements")
+    events = tuple(
+        _event(text[start:end], item) for (start, end), item in zip(spans, items, strict=True)
+    )
+    return MandrillBatch(events)
+
+
+def rebatch_mandrill(raws: Sequence[bytes]) -> bytes:
+    """Build the form body a downstream gets for part of a batch, each element's text unchanged."""
+    return b"mandrill_events=" + quote_plus(b"[" + b",".join(raws) + b"]").encode("ascii")
+
+
+def mandrill_signature(key: str, url: str, body: bytes) -> str:
+    """Return the `X-Mandrill-Signature` for a body posted to `url` (exactly as configured).
+
+    base64(HMAC-SHA1(key, url + every field's name and decoded value, sorted by name)).
+    """
+    # A repeated name keeps its last value, as PHP's $_POST (the reference implementation) does.
+    fields = dict(_form_fields(body))
+    signed = url + "".join(name + fields[name] for name in sorted(fields))
+    digest = hmac.new(
+        key.encode("utf-8", "surrogateescape"),
+        signed.encode("utf-8", "surrogateescape"),
+        hashlib.sha1,
+    ).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def verify_mandrill_signature(key: str, url: str, body: bytes, header: str | None) -> bool:
+    """Check an `X-Mandrill-Signature` header in constant time; a missing header fails."""
+    if not header:
+        return False
+    expected = mandrill_signature(key, url, body).encode("ascii")
+    return hmac.compare_digest(expected, header.strip().encode("utf-8", "replace"))
+
+
+def _form_fields(body: bytes) -> list[tuple[str, str]]:
+    # surrogateescape keeps every byte, even invalid UTF-8, so a signature is computed over
+    # exactly the bytes Mandrill signed.
+    text = body.decode("utf-8", errors="surrogateescape")
+    return parse_qsl(text, keep_blank_values=True, errors="surrogateescape")
+
+
+def _element_spans(text: bytes) -> list[tuple[int, int]] | None:
+    """Find each top-level element of a JSON array as a (start, end) byte range.
+
+    Only called on text orjson has accepted, so it tracks nesting and strings and nothing more.
+    """
+    position = _skip_whitespace(text, 0)
+    if not text.startswith(b"[", position):
+        return None
+    position += 1
+    start = position
+    depth = 0
+    spans: list[tuple[int, int]] = []
+    while (match := _STRUCTURAL.search(text, position)) is not None:
+        token, at = match.group(), match.start()
+        if token == b'"':
+            string = _JSON_STRING.match(text, at)
+            if string is None:
+                return None
+            position = string.end()
+            continue
+        position = at + 1
+        if token in (b"[", b"{"):
+            depth += 1
+        elif depth > 0:
+            if token in (b"]", b"}"):
+                depth -= 1
+        elif token in (b",", b"]"):
+            element_start = _skip_whitespace(text, start)
+            element_end = at
+            while element_end > element_start and text[element_end - 1] in _WHITESPACE:
+                element_end -= 1
+            if element_end > element_start:
+                spans.append((element_start, element_end))
+            if token == b"]":
+                return spans
+            start = position
+        else:
+            return None
+    return None
+
+
+def _skip_whitespace(text: bytes, position: int) -> int:
+    match = _LEADING_WHITESPACE.match(text, position)
+    return position if match is None else match.end()
+
+
+def _event(raw: bytes, item: Any) -> MandrillEvent:
+    data: dict[str, Any] = item if isinstance(item, dict) else {}
+    event, sync_type, action = data.get("event"), data.get("type"), data.get("action")
+    if isinstance(event, str) and event:
+        type_ = event
+    elif isinstance(sync_type, str) and sync_type and isinstance(action, str) and action:
+        # Sync events (deny/allow list changes) carry type and action instead of event.
+        type_ = f"{sync_type}.{action}"
+    else:
+        type_ = "unknown"
+    email = _nested_text(data, "msg") or _nested_text(data, "reject") or _nested_text(data, "entry")
+    raw_id = data.get("_id")
+    message_id = raw_id if isinstance(raw_id, str) and raw_id else None
+    ts = data.get("ts")
+    ts_text = str(ts) if isinstance(ts, int | float) and not isinstance(ts, bool) else None
+    return MandrillEvent(
+        type=type_,
+        raw=raw,
+        data=data,
+        fired_at=_from_unix(ts),
+        email=email,
+        message_id=message_id,
+        dedup_key=_dedup_key(type_, message_id, email, ts_text),
+    )
+
+
+def _nested_text(data: Mapping[str, Any], key: str) -> str | None:
+    inner = data.get(key)
+    value = inner.get("email") if isinstance(inner, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def _from_unix(ts: Any) -> datetime | None:
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        return None
+    try:
+        return datetime.fromtimestamp(ts, tz=UTC)
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
+def _dedup_key(
+    type_: str, message_id: str | None, email: str | None, ts_text: str | None
+) -> str | None:
+    # A retried batch repeats its events unchanged. Sync events have no _id; the address they
+    # change is what identifies them.
+    if type_ == "unknown" or ts_text is None:
+        return None
+    if message_id is not None:
+        return f"{message_id}:{type_}:{ts_text}"
+    if email is not None:
+        return f"{type_}:{email}:{ts_text}"
+    return None
