@@ -1,0 +1,69 @@
+"""Inbound authentication decisions (pure): URL secret, Basic and bearer credentials."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+
+from relay.config import InboundConfig
+
+REDACTED = "REDACTED"
+
+
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def check_credentials(
+    inbound: InboundConfig, query_secret: str | None, authorization: str | None
+) -> bool:
+    """True when the request carries one accepted credential (or the inbound requires none).
+
+    The URL secret is Mailchimp's own advice for audience webhooks; Basic and bearer auth are what
+    a Customer Journey step can send, and are accepted as alternatives when configured.
+    """
+    required = inbound.secret or inbound.bearer_token or inbound.auth_username
+    if not required:
+        return True
+    if inbound.secret and query_secret is not None and _same(query_secret, inbound.secret):
+        return True
+    if not authorization:
+        return False
+    scheme, _, value = authorization.partition(" ")
+    scheme = scheme.lower()
+    value = value.strip()
+    if scheme == "bearer" and inbound.bearer_token:
+        return _same(value, inbound.bearer_token)
+    if scheme == "basic" and inbound.auth_username and inbound.auth_password:
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        user, sep, password = decoded.partition(":")
+        # Both compared, always, so timing does not tell which half was wrong.
+        ok_user = _same(user, inbound.auth_username)
+        ok_password = _same(password, inbound.auth_password)
+        return bool(sep) and ok_user and ok_password
+    return False
+
+
+def mask_query(query: str) -> str:
+    """The query string as stored: the ``secret`` parameter's value replaced, the rest as sent."""
+    if "secret=" not in query:
+        return query
+    parts = []
+    for part in query.split("&"):
+        name, sep, _ = part.partition("=")
+        parts.append(f"{name}={REDACTED}" if sep and name == "secret" else part)
+    return "&".join(parts)
+
+
+_SENSITIVE_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+def mask_headers(headers: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """Headers as stored: credentials relay checked (or could leak) are replaced."""
+    return tuple(
+        (name, REDACTED if name.lower() in _SENSITIVE_HEADERS else value) for name, value in headers
+    )

@@ -1,0 +1,199 @@
+"""Domain values shared by every layer: requests, events, deliveries, attempts and their states."""
+
+from __future__ import annotations
+
+import enum
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+
+class DeliveryState(enum.StrEnum):
+    """Where a delivery stands; only ``pending`` and ``delivering`` are picked up by workers."""
+
+    PENDING = "pending"
+    DELIVERING = "delivering"
+    DELIVERED = "delivered"
+    DEAD = "dead"
+    PAUSED = "paused"
+
+
+class AttemptOutcome(enum.StrEnum):
+    """How one delivery attempt ended, in the classes operators alert on."""
+
+    SUCCESS = "2xx"
+    REDIRECT = "3xx"
+    CLIENT_ERROR = "4xx"
+    SERVER_ERROR = "5xx"
+    TIMEOUT = "timeout"
+    CONNECTION_ERROR = "connection_error"
+
+
+class InboundKind(enum.StrEnum):
+    MAILCHIMP = "mailchimp"
+    JOURNEY = "journey"
+    MANDRILL = "mandrill"
+
+
+UNKNOWN_TYPE = "unknown"
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_id_lock = threading.Lock()
+_last_id_ms = 0
+_last_id_rand = 0
+
+
+def new_id() -> str:
+    """Return a ULID: 26 characters that sort by creation time, monotonic within this process.
+
+    Event ids are generated before commit so that a batch can link events and deliveries without
+    reading back row ids, and sorting by id gives receive order, which keeps cursors stable.
+    """
+    global _last_id_ms, _last_id_rand
+    with _id_lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _last_id_ms:
+            ms = _last_id_ms
+            rand = _last_id_rand + 1
+        else:
+            rand = int.from_bytes(os.urandom(10), "big") >> 1
+        _last_id_ms, _last_id_rand = ms, rand
+    value = (ms << 80) | (rand & ((1 << 80) - 1))
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+@dataclass(frozen=True, slots=True)
+class RawRequest:
+    """One HTTP request as it reached an inbound URL (credentials masked, body untouched)."""
+
+    id: str
+    inbound: str
+    method: str
+    path: str
+    query: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    content_type: str
+    peer: str
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event derived from a request, ready to be stored with one delivery per destination."""
+
+    id: str
+    request_id: str
+    inbound: str
+    source: str
+    type: str
+    received_at: float
+    destinations: tuple[str, ...]
+    list_id: str | None = None
+    email: str | None = None
+    fired_at: float | None = None
+    parse_error: str | None = None
+    dedup_key: str | None = None
+    # The bytes forwarded downstream when they differ from the request body (one element of a
+    # Mandrill batch); None means "the request body".
+    payload: bytes | None = None
+    payload_content_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedDelivery:
+    """A delivery leased to this worker, with everything needed to send it."""
+
+    id: int
+    event_id: str
+    destination: str
+    attempt: int
+    replay: bool
+    inbound: str
+    source: str
+    type: str
+    received_at: float
+    body: bytes
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """What happened when one attempt was sent."""
+
+    outcome: AttemptOutcome
+    started_at: float
+    duration: float
+    status: int | None = None
+    error: str | None = None
+    response_head: bytes = b""
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do with a delivery after an attempt: its next state and, if pending, when."""
+
+    state: DeliveryState
+    next_attempt_at: float | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    number: int
+    started_at: float
+    duration: float
+    outcome: str
+    status: int | None
+    error: str | None
+    response_head: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    id: int
+    event_id: str
+    destination: str
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: float | None
+    created_at: float
+    updated_at: float
+    delivered_at: float | None
+    last_status: int | None
+    last_error: str | None
+    replay_id: int | None
+    attempt_log: tuple[AttemptRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    id: str
+    request_id: str
+    inbound: str
+    source: str
+    type: str
+    received_at: float
+    fired_at: float | None
+    list_id: str | None
+    email: str | None
+    parse_error: str | None
+    dedup_key: str | None
+    duplicate_of: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventDetail:
+    """One event with its raw request, the bytes it forwards, and every delivery and attempt."""
+
+    event: EventRecord
+    request: RawRequest
+    payload: bytes
+    payload_content_type: str
+    deliveries: tuple[DeliveryRecord, ...]

@@ -1,0 +1,81 @@
+"""Retry decisions are pure: a table of results and the state each leads to."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay.backoff import backoff_delay, decide, parse_retry_after
+from relay.config import RetryPolicy
+from relay.model import AttemptOutcome, AttemptResult, DeliveryState
+
+POLICY = RetryPolicy(max_attempts=5, initial_delay=2.0, max_delay=30.0)
+NOW = 1_000_000.0
+
+
+def result(status: int | None, outcome: AttemptOutcome | None = None,
+           retry_after: float | None = None) -> AttemptResult:  # fmt: skip
+    if outcome is None:
+        outcome = AttemptOutcome.SUCCESS if status and status < 300 else AttemptOutcome.SERVER_ERROR
+        if status and 400 <= status < 500:
+            outcome = AttemptOutcome.CLIENT_ERROR
+    return AttemptResult(outcome=outcome, started_at=NOW, duration=0.1, status=status,
+                         retry_after=retry_after)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("attempt", "res", "state"),
+    [
+        (1, result(200), DeliveryState.DELIVERED),
+        (1, result(204), DeliveryState.DELIVERED),
+        (1, result(500), DeliveryState.PENDING),
+        (1, result(301, AttemptOutcome.REDIRECT), DeliveryState.PENDING),
+        (1, result(400), DeliveryState.DEAD),
+        (1, result(401), DeliveryState.DEAD),
+        (1, result(404), DeliveryState.DEAD),
+        (1, result(408), DeliveryState.PENDING),
+        (1, result(429), DeliveryState.PENDING),
+        (1, result(None, AttemptOutcome.TIMEOUT), DeliveryState.PENDING),
+        (1, result(None, AttemptOutcome.CONNECTION_ERROR), DeliveryState.PENDING),
+        (4, result(503), DeliveryState.PENDING),
+        (5, result(503), DeliveryState.DEAD),
+        (5, result(200), DeliveryState.DELIVERED),
+    ],
+)
+def test_decision_table(attempt: int, res: AttemptResult, state: DeliveryState) -> None:
+    assert decide(POLICY, attempt, res, NOW).state is state
+
+
+@pytest.mark.parametrize("attempt", range(1, 12))
+def test_backoff_stays_between_initial_and_max_and_grows(attempt: int) -> None:
+    ceiling = min(POLICY.max_delay, POLICY.initial_delay * 2 ** (attempt - 1))
+    delays = [backoff_delay(POLICY, attempt) for _ in range(200)]
+    assert all(POLICY.initial_delay <= d <= ceiling for d in delays)
+    if ceiling > POLICY.initial_delay:
+        assert len(set(delays)) > 1  # jittered
+
+
+def test_retry_after_is_used_for_429_and_503_and_capped() -> None:
+    d = decide(POLICY, 1, result(429, retry_after=7.0), NOW)
+    assert d.next_attempt_at == NOW + 7.0
+    d = decide(POLICY, 1, result(503, retry_after=10_000.0), NOW)
+    assert d.next_attempt_at == NOW + POLICY.max_delay
+    d = decide(POLICY, 1, result(500, retry_after=7.0), NOW)
+    assert d.next_attempt_at is not None and d.next_attempt_at == NOW + POLICY.initial_delay
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("120", 120.0),
+        (" 5 ", 5.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 30.0),
+        ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),
+        ("soon", None),
+        ("", None),
+        (None, None),
+        ("-1", None),
+    ],
+)
+def test_parse_retry_after(header: str | None, expected: float | None) -> None:
+    now = 1445412450.0  # 2015-10-21 07:27:30 UTC
+    assert parse_retry_after(header, now) == expected

@@ -1,0 +1,192 @@
+"""Configuration: the contract's TOML loads, and every problem is reported with its key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from relay.config import ConfigError, parse_config
+from relay.model import InboundKind
+
+CONTRACT_EXAMPLE = """
+[server]
+listen = "127.0.0.1:8080"
+max_body_bytes = 10485760
+
+[storage]
+url = "sqlite:///data/relay.db"
+
+[admin]
+token = "${RELAY_ADMIN_TOKEN}"
+
+[[inbound]]
+name = "audience-user"
+path = "/hooks/mailchimp/audience-user"
+kind = "mailchimp"
+secret = "${MC_HOOK_SECRET}"
+source = "user"
+
+[[destination]]
+name = "crm"
+url = "http://crm.internal/webhooks/mailchimp"
+types = ["subscribe", "unsubscribe"]
+sources = ["user", "admin"]
+timeout = 10.0
+headers = { Authorization = "Bearer ${CRM_TOKEN}" }
+[destination.retry]
+max_attempts = 10
+initial_delay = 5.0
+max_delay = 3600.0
+"""
+ENV = {"RELAY_ADMIN_TOKEN": "adm", "MC_HOOK_SECRET": "hook", "CRM_TOKEN": "crm"}
+
+
+def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, ENV if env is None else env)
+    return info.value.problems
+
+
+def test_contract_example_loads_with_environment_substitution() -> None:
+    s = parse_config(CONTRACT_EXAMPLE, ENV)
+    assert (s.server.host, s.server.port, s.server.max_body_bytes) == ("127.0.0.1", 8080, 10485760)
+    assert s.admin.token == "adm"
+    (inbound,) = s.inbounds
+    assert (inbound.kind, inbound.secret, inbound.source) == (InboundKind.MAILCHIMP, "hook", "user")
+    (crm,) = s.destinations
+    assert crm.types == ("subscribe", "unsubscribe")
+    assert crm.sources == ("user", "admin")
+    assert crm.headers == (("Authorization", "Bearer crm"),)
+    assert (crm.retry.max_attempts, crm.retry.initial_delay, crm.retry.max_delay) == (
+        10,
+        5.0,
+        3600.0,
+    )
+
+
+def test_missing_environment_variable_names_key_and_variable() -> None:
+    env = dict(ENV)
+    del env["CRM_TOKEN"]
+    assert problems(CONTRACT_EXAMPLE, env) == [
+        "destination[0].headers.Authorization: environment variable CRM_TOKEN is not set"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        ('[[destination]]\nname = "a"\nurl = "ftp://x"', "destination[0].url: not an http(s) URL"),
+        ('[[destination]]\nname = "a"', "destination[0].url: is required"),
+        (
+            '[[destination]]\nname = "a"\nurl = "http://x"\ntimeout = "10"',
+            "destination[0].timeout: must be a number",
+        ),
+        (
+            '[[destination]]\nname = "a"\nurl = "http://x"\ntimeout = 0',
+            "destination[0].timeout: must be greater than 0",
+        ),
+        (
+            '[[destination]]\nname = "a"\nurl = "http://x"\ntypes = "subscribe"',
+            "destination[0].types: must be a list of non-empty strings",
+        ),
+        (
+            '[[destination]]\nname = "a"\nurl = "http://x"\ncolour = 1',
+            "destination[0].colour: unknown key",
+        ),
+        (
+            '[[destination]]\nname = "a"\nurl = "http://x"\n[destination.retry]\nmax_attempts = 0',
+            "destination[0].retry.max_attempts: must be greater than 0",
+        ),
+        (
+            '[[destination]]\nname = "a"\nurl = "http://x"\n[destination.retry]\ninitial_delay = 10.0\nmax_delay = 1.0',
+            "destination[0].retry.max_delay: must be at least initial_delay",
+        ),
+        (
+            '[[destination]]\nname = "a"\nurl = "http://x"\nformat = "xml"',
+            "destination[0].format: must be one of raw, json",
+        ),
+        (
+            '[server]\nlisten = "8080"',
+            "server.listen: must be host:port with a port from 1 to 65535",
+        ),
+        ("[server]\nmax_body_bytes = -1", "server.max_body_bytes: must be greater than 0"),
+        (
+            '[storage]\nurl = "mysql://x"',
+            "storage.url: must be sqlite:///PATH (sqlite:////abs/path for an absolute path) or postgresql://...",
+        ),
+        (
+            '[[inbound]]\nname = "a"\npath = "hooks"',
+            "inbound[0].path: must be an absolute URL path without query, like /hooks/mailchimp",
+        ),
+        (
+            '[[inbound]]\nname = "a"\npath = "/admin/x"',
+            "inbound[0].path: collides with relay's own endpoints",
+        ),
+        (
+            '[[inbound]]\nname = "a"\npath = "/h"\nkind = "sendgrid"',
+            "inbound[0].kind: must be one of mailchimp, journey, mandrill",
+        ),
+        (
+            '[[inbound]]\nname = "a"\npath = "/h"\nkind = "journey"',
+            "inbound[0].event_type: is required for kind journey (or set event_type_header)",
+        ),
+        (
+            '[[inbound]]\nname = "a"\npath = "/h"\nkind = "mandrill"\nmandrill_key = "k"',
+            "inbound[0].public_url: is required with mandrill_key (the URL Mailchimp signs)",
+        ),
+        (
+            '[[inbound]]\nname = "a b"\npath = "/h"',
+            "inbound[0].name: must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit",
+        ),
+        (
+            '[[inbound]]\nname = "a"\npath = "/h"\n[[inbound]]\nname = "a"\npath = "/g"',
+            "inbound[1].name: duplicate name 'a'",
+        ),
+        ("unknown_section = 1", "unknown_section: unknown key"),
+    ],
+)
+def test_each_problem_is_one_line_naming_the_key(snippet: str, expected: str) -> None:
+    assert problems(snippet) == [expected]
+
+
+def test_several_problems_are_all_reported() -> None:
+    found = problems('[server]\nlisten = "x"\n[[destination]]\nname = "a"\nurl = "nope"')
+    assert len(found) == 2
+
+
+def test_invalid_toml_is_one_line() -> None:
+    (line,) = problems("[server\n")
+    assert line.startswith("toml: ")
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "relay", *args], capture_output=True, text=True, timeout=60,
+        env=env,
+    )  # fmt: skip
+
+
+def test_check_config_cli_ok_and_problems(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text(CONTRACT_EXAMPLE.replace("${", "$${").replace("$${", "plain-"))
+    result = _cli("check-config", "--config", str(good))
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout and "1 inbound(s)" in result.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[destination]]\nname = "crm"\nurl = "crm.internal"\n')
+    result = _cli("check-config", "--config", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.strip() == "destination[0].url: not an http(s) URL"
+    assert "Traceback" not in result.stderr
+    result = _cli("check-config", "--config", str(tmp_path / "missing.toml"))
+    assert result.returncode == 2
+    assert "cannot read" in result.stderr
+
+
+def test_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "relay.toml"
+    result = _cli("check-config", "--config", str(example))
+    assert result.returncode == 0, result.stderr
