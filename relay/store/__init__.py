@@ -1,0 +1,17 @@
+"""Storage backends behind one interface; ``open_store`` picks one by URL scheme."""
+
+from __future__ import annotations
+
+from relay.config import StorageConfig
+from relay.store.base import DestinationStats, DueListener, Store, StoreError
+
+__all__ = ["DestinationStats", "DueListener", "Store", "StoreError", "create_store"]
+
+
+def create_store(config: StorageConfig) -> Store:
+    """Build (not yet open) the backend named by ``config.url``."""
+    if config.url.startswith("sqlite:///"):
+        from relay.store.sqlite import SqliteStore
+
+        return SqliteStore(config)
+    raise StoreError(f"storage backend not available for {config.url.split(':', 1)[0]}")
