@@ -1,0 +1,149 @@
+"""Wiring: build the aiohttp application from settings, and start and stop its parts in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from relay.config import Settings
+from relay.delivery import Dispatcher
+from relay.ingest import Ingest
+from relay.metrics import Metrics
+from relay.sender import Sender
+from relay.store import Store, StoreError, create_store
+
+log = logging.getLogger("relay.app")
+
+STATS_INTERVAL = 5.0
+# A commit this recent proves storage is writable without writing again for /readyz.
+READY_FRESHNESS = 5.0
+PING_TIMEOUT = 10.0
+
+
+class Relay:
+    """The running parts of one relay, shared by its handlers through the application."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        metrics: Metrics,
+        on_fatal: Callable[[BaseException], None],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.sender = Sender()
+        self.dispatcher = Dispatcher(settings.destinations, store, self.sender, metrics, on_fatal)
+        self._last_write_ok = 0.0
+
+    async def ready(self) -> tuple[bool, str]:
+        if not self.dispatcher.running:
+            return False, "delivery workers are not running"
+        if time.monotonic() - self._last_write_ok > READY_FRESHNESS:
+            try:
+                await asyncio.wait_for(self.store.ping(), timeout=PING_TIMEOUT)
+            except (StoreError, TimeoutError) as exc:
+                return False, f"storage is not writable: {exc or 'timed out'}"
+            self._last_write_ok = time.monotonic()
+        return True, "ready"
+
+    async def refresh_stats(self) -> None:
+        stats = await self.store.destination_stats()
+        self.metrics.set_destination_stats(
+            [d.name for d in self.settings.destinations], stats, time.time()
+        )
+
+
+RELAY_KEY = web.AppKey("relay", Relay)
+
+
+def _fatal_to_stop(app: web.Application) -> Callable[[BaseException], None]:
+    def on_fatal(exc: BaseException) -> None:
+        fut = app.get(FATAL_KEY)
+        if fut is not None and not fut.done():
+            fut.set_exception(exc)
+
+    return on_fatal
+
+
+FATAL_KEY = web.AppKey("fatal", asyncio.Future[None])
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    registry: CollectorRegistry | None = None,
+) -> web.Application:
+    """The whole relay as one aiohttp Application; its startup opens storage and starts workers."""
+    app = web.Application(client_max_size=settings.server.max_body_bytes)
+    journey_types = frozenset(i.event_type for i in settings.inbounds if i.event_type)
+    metrics = Metrics(registry, journey_types=journey_types)
+    the_store = store if store is not None else create_store(settings.storage)
+    the_store.on_commit = metrics.observe_commit
+    relay = Relay(settings, the_store, metrics, _fatal_to_stop(app))
+    app[RELAY_KEY] = relay
+
+    app.router.add_routes(Ingest(settings, the_store, metrics).routes())
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    relay = app[RELAY_KEY]
+    app[FATAL_KEY] = asyncio.get_running_loop().create_future()
+    await relay.store.open()
+    await relay.sender.start()
+    relay.dispatcher.start()
+    stats_task = asyncio.create_task(_stats_loop(relay), name="relay-stats")
+    log.info("relay started: %s", relay.settings.summary())
+    try:
+        yield
+    finally:
+        stats_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stats_task
+        await relay.dispatcher.stop(relay.settings.server.shutdown_grace)
+        await relay.sender.close()
+        await relay.store.close()
+        log.info("relay stopped")
+
+
+async def _stats_loop(relay: Relay) -> None:
+    while True:
+        try:
+            await relay.refresh_stats()
+        except StoreError as exc:
+            log.warning("could not refresh delivery stats: %s", exc)
+        ok, _ = await relay.ready()
+        relay.metrics.ready.set(1 if ok else 0)
+        await asyncio.sleep(STATS_INTERVAL)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    ok, reason = await request.app[RELAY_KEY].ready()
+    request.app[RELAY_KEY].metrics.ready.set(1 if ok else 0)
+    return web.Response(status=200 if ok else 503, text=reason + "\n")
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    relay = request.app[RELAY_KEY]
+    with contextlib.suppress(StoreError):
+        await relay.refresh_stats()
+    body = generate_latest(relay.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,135 @@
+"""Command line: ``relay serve``, ``relay check-config`` and the operator commands.
+
+Argument parsing and output only; the work is done by the app and the admin client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from relay import __version__
+from relay.app import FATAL_KEY, create_app
+from relay.config import ConfigError, Settings, load_config
+from relay.logs import setup_logging
+from relay.store import StoreError
+
+log = logging.getLogger("relay.cli")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def _load(path: str) -> Settings:
+    return load_config(Path(path))
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        settings = _load(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{args.config}: ok: {settings.summary()}")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        settings = _load(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(settings.server.log_format)
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        return int(runner(_serve(settings)))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+async def _serve(settings: Settings) -> int:
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    try:
+        await runner.setup()
+    except StoreError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    site = web.TCPSite(runner, settings.server.host, settings.server.port, backlog=1024)
+    try:
+        await site.start()
+    except OSError as exc:
+        print(
+            f"relay: cannot listen on {settings.server.host}:{settings.server.port}: "
+            f"{exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        await runner.cleanup()
+        return EXIT_FAILURE
+    print(
+        f"relay {__version__} listening on http://{settings.server.host}:{settings.server.port}"
+        f" ({settings.summary()})",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    fatal = app[FATAL_KEY]
+    stop_task: asyncio.Future[object] = asyncio.ensure_future(stop.wait())
+    watched: set[asyncio.Future[object]] = {stop_task, fatal}  # type: ignore[arg-type]
+    await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+    stop_task.cancel()
+    code = EXIT_OK
+    if fatal.done():
+        log.critical("stopping: a background task failed: %r", fatal.exception())
+        code = EXIT_FAILURE
+    log.info("shutting down: no new connections, finishing acknowledged work")
+    # Stops listening, lets in-flight requests finish their commits, then runs the cleanup that
+    # stops workers (with their grace period) and closes storage.
+    await runner.cleanup()
+    with contextlib.suppress(asyncio.CancelledError):
+        await stop_task
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="relay",
+        description="Webhook relay and replay proxy for Mailchimp.",
+    )
+    parser.add_argument("--version", action="version", version=f"relay {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = sub.add_parser("serve", help="run the proxy until SIGTERM or SIGINT")
+    serve.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
+    check.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code

@@ -1,0 +1,213 @@
+"""Delivery workers: one loop per destination claims due deliveries, sends them, records attempts.
+
+Each destination has its own loop and concurrency limit, so a destination that hangs or refuses
+connections only ever occupies its own slots. Loops sleep until woken by a commit that made work
+due, until the next retry falls due, or for at most IDLE_RECHECK seconds; they never spin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from relay.backoff import decide
+from relay.config import DestinationConfig
+from relay.metrics import Metrics
+from relay.model import AttemptOutcome, AttemptResult, ClaimedDelivery, Decision, DeliveryState
+from relay.outbound import build_request
+from relay.sender import Sender
+from relay.store import Store, StoreError
+
+log = logging.getLogger("relay.delivery")
+
+# Re-check the store at least this often: picks up leases that expired after a crash and work
+# written by other relay processes sharing a database.
+IDLE_RECHECK = 5.0
+STORE_RETRY = 1.0
+
+
+def lease_seconds(destination: DestinationConfig) -> float:
+    """How long a claimed delivery stays ours: the attempt's timeout plus room to record it."""
+    return destination.timeout + max(5.0, destination.timeout)
+
+
+class DestinationWorker:
+    """Claims and sends the deliveries of one destination, at most ``concurrency`` at a time."""
+
+    def __init__(
+        self, destination: DestinationConfig, store: Store, sender: Sender, metrics: Metrics
+    ) -> None:
+        self.destination = destination
+        self.store = store
+        self.sender = sender
+        self.metrics = metrics
+        self._wake = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        name = self.destination.name
+        limit = self.destination.concurrency
+        lease = lease_seconds(self.destination)
+        while not self._stopping:
+            free = limit - len(self._inflight)
+            timeout: float | None = None
+            if free > 0:
+                now = time.time()
+                try:
+                    claimed = await self.store.claim(name, free, now, now + lease)
+                    for delivery in claimed:
+                        self._spawn(delivery)
+                    if len(claimed) < free:
+                        timeout = await self._idle_timeout(now)
+                except StoreError as exc:
+                    log.warning("destination=%s claim failed: %s", name, exc)
+                    timeout = STORE_RETRY
+            if timeout is None or timeout > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+
+    async def _idle_timeout(self, now: float) -> float:
+        due = await self.store.next_due(self.destination.name)
+        if due is None:
+            return IDLE_RECHECK
+        # A due row that was not claimed is leased elsewhere or was just taken: don't spin on it.
+        return min(IDLE_RECHECK, max(0.01, due - now))
+
+    def _spawn(self, delivery: ClaimedDelivery) -> None:
+        task = asyncio.create_task(
+            self._deliver(delivery), name=f"relay-deliver-{self.destination.name}-{delivery.id}"
+        )
+        self._inflight.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error(
+                "destination=%s delivery task failed: %r",
+                self.destination.name,
+                exc,
+                exc_info=exc,
+            )
+        self._wake.set()
+
+    async def _deliver(self, delivery: ClaimedDelivery) -> None:
+        dest = self.destination
+        body, headers = build_request(dest, delivery)
+        result = await self.sender.send(dest.url, body, headers, dest.timeout)
+        decision = decide(dest.retry, delivery.attempt, result, time.time())
+        try:
+            await self.store.complete(delivery, result, decision)
+        except StoreError as exc:
+            # Not recorded: the lease runs out and the delivery is attempted again. At least once.
+            log.error(
+                "event=%s destination=%s attempt=%d not recorded: %s",
+                delivery.event_id,
+                dest.name,
+                delivery.attempt,
+                exc,
+            )
+            return
+        self._observe(delivery, result, decision)
+
+    def _observe(
+        self, delivery: ClaimedDelivery, result: AttemptResult, decision: Decision
+    ) -> None:
+        name = self.destination.name
+        self.metrics.attempts.labels(name, result.outcome.value).inc()
+        self.metrics.attempt_duration.labels(name).observe(result.duration)
+        if decision.state is DeliveryState.DELIVERED:
+            self.metrics.e2e_latency.labels(name).observe(
+                max(0.0, result.started_at + result.duration - delivery.received_at)
+            )
+        elif decision.state is DeliveryState.DEAD:
+            self.metrics.dead.labels(name).inc()
+        level = logging.INFO if result.outcome is AttemptOutcome.SUCCESS else logging.WARNING
+        if decision.state is DeliveryState.PENDING and decision.next_attempt_at is not None:
+            then = f" retry_in={decision.next_attempt_at - time.time():.1f}s"
+        else:
+            then = f" reason={decision.reason!r}" if decision.reason else ""
+        log.log(
+            level,
+            "delivery event=%s destination=%s attempt=%d outcome=%s status=%s duration_ms=%.1f"
+            " state=%s%s%s%s",
+            delivery.event_id,
+            name,
+            delivery.attempt,
+            result.outcome.value,
+            result.status if result.status is not None else "-",
+            result.duration * 1000,
+            decision.state.value,
+            then,
+            " replay=1" if delivery.replay else "",
+            f" error={result.error!r}" if result.error else "",
+        )
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming, give in-flight attempts ``grace`` seconds, then cancel them.
+
+        A cancelled attempt keeps its lease and is retried after it, so nothing is lost.
+        """
+        self._stopping = True
+        self._wake.set()
+        if self._inflight:
+            _, pending = await asyncio.wait(set(self._inflight), timeout=grace)
+            for task in pending:
+                log.warning("cancelling in-flight %s after %.0fs grace", task.get_name(), grace)
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+
+class Dispatcher:
+    """Owns one worker task per destination; a worker that dies calls ``on_fatal``."""
+
+    def __init__(
+        self,
+        destinations: Iterable[DestinationConfig],
+        store: Store,
+        sender: Sender,
+        metrics: Metrics,
+        on_fatal: Callable[[BaseException], None],
+    ) -> None:
+        self.workers = {d.name: DestinationWorker(d, store, sender, metrics) for d in destinations}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._on_fatal = on_fatal
+        store.add_due_listener(self.wake)
+
+    def wake(self, destinations: Iterable[str]) -> None:
+        for name in destinations:
+            worker = self.workers.get(name)
+            if worker is not None:
+                worker.wake()
+
+    def start(self) -> None:
+        for name, worker in self.workers.items():
+            task = asyncio.create_task(worker.run(), name=f"relay-worker-{name}")
+            task.add_done_callback(self._worker_done)
+            self._tasks[name] = task
+
+    @property
+    def running(self) -> bool:
+        return all(not t.done() for t in self._tasks.values())
+
+    def _worker_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.critical("%s died: %r", task.get_name(), exc, exc_info=exc)
+            self._on_fatal(exc)
+
+    async def stop(self, grace: float) -> None:
+        await asyncio.gather(*(w.stop(grace) for w in self.workers.values()))
+        for task in self._tasks.values():
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._tasks.clear()

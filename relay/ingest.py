@@ -1,0 +1,168 @@
+"""aiohttp handlers for inbound URLs: authenticate, bound the body, store durably, then answer 200.
+
+Nothing is acknowledged before it is committed: a storage failure answers 503, which Mailchimp
+retries. Forwarding is never on this path, so the answer comes in milliseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from aiohttp import web
+
+from relay import mailchimp
+from relay.auth import check_credentials, mask_headers, mask_query
+from relay.config import InboundConfig, Settings
+from relay.events import derive_events
+from relay.metrics import Metrics
+from relay.model import InboundKind, NewEvent, RawRequest, new_id
+from relay.store import Store, StoreError
+
+log = logging.getLogger("relay.ingest")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _text(status: int, reason: str) -> web.Response:
+    return web.Response(status=status, text=reason + "\n")
+
+
+class Ingest:
+    """The inbound endpoints of one relay: one route per configured inbound path."""
+
+    def __init__(self, settings: Settings, store: Store, metrics: Metrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+
+    def routes(self) -> list[web.RouteDef]:
+        out = []
+        for inbound in self.settings.inbounds:
+            out += [
+                web.get(inbound.path, self._validation, allow_head=True),
+                web.post(inbound.path, self._post_handler(inbound)),
+            ]
+        return out
+
+    async def _validation(self, request: web.Request) -> web.Response:
+        # Mailchimp checks a webhook URL with GET (Mandrill with HEAD) and wants a 200.
+        return _text(200, "OK")
+
+    def _post_handler(self, inbound: InboundConfig) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await self.receive(inbound, request)
+
+        return handler
+
+    def _reject(
+        self, inbound: InboundConfig, outcome: str, status: int, reason: str, request: web.Request
+    ) -> web.Response:
+        self.metrics.requests.labels(inbound.name, outcome).inc()
+        log.warning(
+            "request inbound=%s outcome=%s status=%d peer=%s reason=%r",
+            inbound.name,
+            outcome,
+            status,
+            request.remote,
+            reason,
+        )
+        return _text(status, reason)
+
+    async def receive(self, inbound: InboundConfig, request: web.Request) -> web.StreamResponse:
+        t0 = time.perf_counter()
+        received_at = time.time()
+        if not request.can_read_body:
+            # An empty POST is one of Mailchimp's URL checks: nothing to store, nothing to guard.
+            self.metrics.requests.labels(inbound.name, "validation").inc()
+            return _text(200, "OK")
+        if not check_credentials(
+            inbound, request.query.get("secret"), request.headers.get("Authorization")
+        ):
+            return self._reject(inbound, "rejected_auth", 401, "invalid or missing secret", request)
+        limit = self.settings.server.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return self._reject(
+                inbound, "too_large", 413, f"body larger than {limit} bytes", request
+            )
+        try:
+            body = await request.read()  # aiohttp enforces client_max_size while reading
+        except web.HTTPRequestEntityTooLarge:
+            return self._reject(
+                inbound, "too_large", 413, f"body larger than {limit} bytes", request
+            )
+        if not body:
+            self.metrics.requests.labels(inbound.name, "validation").inc()
+            return _text(200, "OK")
+        if (reason := self._signature_problem(inbound, request, body, received_at)) is not None:
+            return self._reject(inbound, "rejected_auth", 401, reason, request)
+
+        raw = RawRequest(
+            id=new_id(),
+            inbound=inbound.name,
+            method=request.method,
+            path=request.path,
+            query=mask_query(request.query_string),
+            headers=mask_headers(
+                [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
+            ),
+            body=body,
+            content_type=request.headers.get("Content-Type", ""),
+            peer=request.remote or "",
+            received_at=received_at,
+        )
+        events = derive_events(inbound, raw, self.settings.destinations)
+        try:
+            await self.store.ingest(raw, events)
+        except StoreError as exc:
+            return self._reject(
+                inbound, "store_error", 503, f"storage unavailable, retry later ({exc})", request
+            )
+        elapsed = time.perf_counter() - t0
+        self.metrics.requests.labels(inbound.name, "accepted").inc()
+        self.metrics.ingest_duration.labels(inbound.name).observe(elapsed)
+        for event in events:
+            self.metrics.events.labels(
+                inbound.name, self.metrics.type_label(event.type), inbound.source
+            ).inc()
+        self._log_accepted(inbound, raw, events, elapsed)
+        return _text(200, "OK")
+
+    def _signature_problem(
+        self, inbound: InboundConfig, request: web.Request, body: bytes, now: float
+    ) -> str | None:
+        if inbound.kind is InboundKind.MAILCHIMP and inbound.signing_secret:
+            return mailchimp.verify_mailchimp_signature(
+                inbound.signing_secret, body, request.headers.get("X-Mailchimp-Signature"), now
+            )
+        if inbound.kind is InboundKind.MANDRILL and inbound.mandrill_key:
+            assert inbound.public_url is not None  # config validation requires it
+            ok = mailchimp.verify_mandrill_signature(
+                inbound.mandrill_key,
+                inbound.public_url,
+                body,
+                request.headers.get("X-Mandrill-Signature"),
+            )
+            return None if ok else "invalid X-Mandrill-Signature"
+        return None
+
+    def _log_accepted(
+        self, inbound: InboundConfig, raw: RawRequest, events: Sequence[NewEvent], elapsed: float
+    ) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
+        ids = ",".join(e.id for e in events[:5])
+        types = ",".join(e.type for e in events[:5])
+        more = f"+{len(events) - 5}" if len(events) > 5 else ""
+        log.info(
+            "request inbound=%s outcome=accepted status=200 request=%s events=%s%s type=%s"
+            " bytes=%d duration_ms=%.1f",
+            inbound.name,
+            raw.id,
+            ids or "-",
+            more,
+            types or "-",
+            len(raw.body),
+            elapsed * 1000,
+        )

@@ -1,0 +1,185 @@
+"""Prometheus metrics: one registry per app, fed by small calls from ingest, store and delivery.
+
+Labels are bounded: inbound and destination names come from the config, event types from the
+known Mailchimp set (anything else is counted as "other"), never an email, id or URL.
+"""
+
+from __future__ import annotations
+
+import platform
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from relay import __version__
+from relay.store.base import DestinationStats
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_E2E_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+KNOWN_TYPES = frozenset(
+    {
+        # audience webhooks
+        "subscribe",
+        "unsubscribe",
+        "profile",
+        "upemail",
+        "cleaned",
+        "campaign",
+        "sms_subscribe",
+        "sms_unsubscribe",
+        "upsms",
+        "sms_campaign",
+        # Mandrill message events and sync events
+        "send",
+        "deferral",
+        "hard_bounce",
+        "soft_bounce",
+        "delivered",
+        "open",
+        "click",
+        "spam",
+        "unsub",
+        "reject",
+        "inbound",
+        "blacklist.add",
+        "blacklist.remove",
+        "blacklist.change",
+        "whitelist.add",
+        "whitelist.remove",
+        "whitelist.change",
+        "denylist.add",
+        "denylist.remove",
+        "denylist.change",
+        "allowlist.add",
+        "allowlist.remove",
+        "allowlist.change",
+        "unknown",
+    }
+)
+
+
+class Metrics:
+    """Every collector relay exports, registered on the given (or a new) registry."""
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, journey_types: frozenset[str] = frozenset()
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self._types = KNOWN_TYPES | journey_types
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.requests = Counter(
+            "relay_requests_received",
+            "HTTP requests to inbound URLs, by outcome.",
+            ["inbound", "outcome"],
+            registry=r,
+        )
+        self.events = Counter(
+            "relay_events_received",
+            "Events stored, by inbound, type and source.",
+            ["inbound", "type", "source"],
+            registry=r,
+        )
+        self.ingest_duration = Histogram(
+            "relay_ingest_duration_seconds",
+            "Time from receiving a request to acknowledging it (includes the durable commit).",
+            ["inbound"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.commit_duration = Histogram(
+            "relay_store_commit_duration_seconds",
+            "Duration of one storage transaction (group commit), fsync included.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.commit_batch = Histogram(
+            "relay_store_commit_batch_size",
+            "Operations committed together in one storage transaction.",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.attempts = Counter(
+            "relay_delivery_attempts",
+            "Delivery attempts, by destination and outcome (2xx, 3xx, 4xx, 5xx, timeout, "
+            "connection_error).",
+            ["destination", "outcome"],
+            registry=r,
+        )
+        self.attempt_duration = Histogram(
+            "relay_delivery_attempt_duration_seconds",
+            "Duration of one delivery attempt.",
+            ["destination"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.e2e_latency = Histogram(
+            "relay_delivery_latency_seconds",
+            "Time from receiving an event to its successful delivery.",
+            ["destination"],
+            buckets=_E2E_BUCKETS,
+            registry=r,
+        )
+        self.dead = Counter(
+            "relay_deliveries_dead",
+            "Deliveries that gave up (attempts exhausted or a permanent 4xx).",
+            ["destination"],
+            registry=r,
+        )
+        self.deliveries = Gauge(
+            "relay_deliveries",
+            "Unfinished deliveries by destination and state (pending, delivering, paused, dead).",
+            ["destination", "state"],
+            registry=r,
+        )
+        self.oldest_pending = Gauge(
+            "relay_oldest_pending_delivery_age_seconds",
+            "Age of the oldest pending delivery per destination (0 when none).",
+            ["destination"],
+            registry=r,
+        )
+        self.replays = Counter("relay_replays", "Replay requests carried out.", registry=r)
+        self.replayed = Counter(
+            "relay_replayed_deliveries",
+            "Deliveries created by replays, by destination.",
+            ["destination"],
+            registry=r,
+        )
+        self.paused = Gauge(
+            "relay_destination_paused",
+            "1 while a destination is paused.",
+            ["destination"],
+            registry=r,
+        )
+        self.ready = Gauge("relay_ready", "1 when storage is writable and workers run.", registry=r)
+        self.build_info = Gauge(
+            "relay_build_info",
+            "relay's version and Python version.",
+            ["version", "python"],
+            registry=r,
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+
+    def type_label(self, event_type: str) -> str:
+        return event_type if event_type in self._types else "other"
+
+    def observe_commit(self, batch_size: int, seconds: float) -> None:
+        self.commit_batch.observe(batch_size)
+        self.commit_duration.observe(seconds)
+
+    def set_destination_stats(
+        self, destinations: list[str], stats: list[DestinationStats], now: float
+    ) -> None:
+        by_name = {s.destination: s for s in stats}
+        for name in destinations:
+            s = by_name.get(name, DestinationStats(destination=name))
+            for state in ("pending", "delivering", "paused", "dead"):
+                self.deliveries.labels(name, state).set(getattr(s, state))
+            age = now - s.oldest_pending_at if s.oldest_pending_at is not None else 0.0
+            self.oldest_pending.labels(name).set(max(0.0, age))
