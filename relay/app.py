@@ -41,7 +41,10 @@ class Relay:
         self.store = store
         self.metrics = metrics
         self.sender = Sender()
-        self.dispatcher = Dispatcher(settings.destinations, store, self.sender, metrics, on_fatal)
+        kinds = {i.name: i.kind for i in settings.inbounds}
+        self.dispatcher = Dispatcher(
+            settings.destinations, store, self.sender, metrics, on_fatal, kinds
+        )
         self._last_write_ok = 0.0
 
     async def ready(self) -> tuple[bool, str]:
@@ -87,7 +90,9 @@ def create_app(
     app = web.Application(client_max_size=settings.server.max_body_bytes)
     journey_types = frozenset(i.event_type for i in settings.inbounds if i.event_type)
     metrics = Metrics(registry, journey_types=journey_types)
-    the_store = store if store is not None else create_store(settings.storage)
+    the_store = (
+        store if store is not None else create_store(settings.storage, settings.dedup_window)
+    )
     the_store.on_commit = metrics.observe_commit
     relay = Relay(settings, the_store, metrics, _fatal_to_stop(app))
     app[RELAY_KEY] = relay

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from relay.model import InboundKind
+from relay.signing import signing_key
 
 T = TypeVar("T")
 
@@ -443,6 +444,11 @@ class _Reader:
             format=self.get(raw, p, "format", str, "raw", _one_of("raw", "json")),
             signing_secret=self.optional_str(raw, p, "signing_secret"),
         )
+        if destination.signing_secret is not None:
+            try:
+                signing_key(destination.signing_secret)
+            except ValueError as exc:
+                self.fail(f"{p}signing_secret", str(exc))
         return destination if len(self.problems) == before else None
 
     def conditions(self, raw: Any, key: str) -> tuple[Condition, ...]:

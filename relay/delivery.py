@@ -11,12 +11,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from relay.backoff import decide
 from relay.config import DestinationConfig
 from relay.metrics import Metrics
-from relay.model import AttemptOutcome, AttemptResult, ClaimedDelivery, Decision, DeliveryState
+from relay.model import (
+    AttemptOutcome,
+    AttemptResult,
+    ClaimedDelivery,
+    Decision,
+    DeliveryState,
+    InboundKind,
+)
 from relay.outbound import build_request
 from relay.sender import Sender
 from relay.store import Store, StoreError
@@ -38,9 +45,15 @@ class DestinationWorker:
     """Claims and sends the deliveries of one destination, at most ``concurrency`` at a time."""
 
     def __init__(
-        self, destination: DestinationConfig, store: Store, sender: Sender, metrics: Metrics
+        self,
+        destination: DestinationConfig,
+        store: Store,
+        sender: Sender,
+        metrics: Metrics,
+        kinds: Mapping[str, InboundKind],
     ) -> None:
         self.destination = destination
+        self.kinds = kinds
         self.store = store
         self.sender = sender
         self.metrics = metrics
@@ -101,7 +114,7 @@ class DestinationWorker:
 
     async def _deliver(self, delivery: ClaimedDelivery) -> None:
         dest = self.destination
-        body, headers = build_request(dest, delivery)
+        body, headers = build_request(dest, delivery, self.kinds, time.time())
         result = await self.sender.send(dest.url, body, headers, dest.timeout)
         decision = decide(dest.retry, delivery.attempt, result, time.time())
         try:
@@ -177,8 +190,11 @@ class Dispatcher:
         sender: Sender,
         metrics: Metrics,
         on_fatal: Callable[[BaseException], None],
+        kinds: Mapping[str, InboundKind],
     ) -> None:
-        self.workers = {d.name: DestinationWorker(d, store, sender, metrics) for d in destinations}
+        self.workers = {
+            d.name: DestinationWorker(d, store, sender, metrics, kinds) for d in destinations
+        }
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._on_fatal = on_fatal
         store.add_due_listener(self.wake)

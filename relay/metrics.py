@@ -86,6 +86,12 @@ class Metrics:
             ["inbound", "type", "source"],
             registry=r,
         )
+        self.duplicates = Counter(
+            "relay_events_duplicate",
+            "Events stored as duplicates of an earlier one (Mailchimp retries), not delivered.",
+            ["inbound"],
+            registry=r,
+        )
         self.ingest_duration = Histogram(
             "relay_ingest_duration_seconds",
             "Time from receiving a request to acknowledging it (includes the durable commit).",

@@ -120,6 +120,7 @@ class ClaimedDelivery:
     received_at: float
     body: bytes
     content_type: str
+    fired_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,19 +1,81 @@
-"""What relay sends to a destination for a delivery: body and headers (pure, no I/O)."""
+"""What relay sends to a destination for one attempt: body and headers (pure, no I/O).
+
+``format = "raw"`` forwards the original bytes and Content-Type; ``format = "json"`` sends one
+envelope (see README, "What destinations receive") so services never parse bracket forms or
+Mandrill batches. With a ``signing_secret`` every attempt carries Standard Webhooks headers,
+timestamped at send time, so a replay days later still verifies.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from relay import mailchimp
 from relay.config import DestinationConfig
-from relay.model import ClaimedDelivery
+from relay.model import ClaimedDelivery, InboundKind
+from relay.signing import standard_webhook_headers
+
+JSON_CONTENT_TYPE = "application/json"
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parsed_data(kind: InboundKind | None, body: bytes, content_type: str) -> tuple[Any, str | None]:
+    """The parsed ``data`` of a stored event body and the parse error, if any."""
+    if kind is InboundKind.MANDRILL:
+        batch = mailchimp.parse_mandrill(body)
+        if batch.error is not None or not batch.events:
+            return None, batch.error or "empty Mandrill batch"
+        return batch.events[0].data, None
+    if kind is InboundKind.JOURNEY:
+        return mailchimp.parse_form_json(body, content_type or None)
+    event = mailchimp.parse_audience(body)
+    return event.data, event.error
+
+
+def envelope(delivery: ClaimedDelivery, kind: InboundKind | None) -> bytes:
+    """The JSON envelope of ``format = "json"``, encoded with orjson."""
+    data, error = parsed_data(kind, delivery.body, delivery.content_type)
+    doc: dict[str, Any] = {
+        "id": delivery.event_id,
+        "inbound": delivery.inbound,
+        "source": delivery.source,
+        "type": delivery.type,
+        "fired_at": iso(delivery.fired_at),
+        "received_at": iso(delivery.received_at),
+        "replay": delivery.replay,
+        "data": data,
+    }
+    if error is not None:
+        doc["parse_error"] = error
+    return orjson.dumps(doc)
 
 
 def build_request(
-    destination: DestinationConfig, delivery: ClaimedDelivery
+    destination: DestinationConfig,
+    delivery: ClaimedDelivery,
+    kinds: Mapping[str, InboundKind],
+    now: float,
 ) -> tuple[bytes, dict[str, str]]:
-    """The body and headers of one attempt; the original bytes and Content-Type by default."""
+    """The body and headers of one attempt."""
+    if destination.format == "json":
+        body = envelope(delivery, kinds.get(delivery.inbound))
+        content_type = JSON_CONTENT_TYPE
+    else:
+        body = delivery.body
+        content_type = delivery.content_type or "application/octet-stream"
     headers = dict(destination.headers)
     headers.update(
         {
-            "Content-Type": delivery.content_type or "application/octet-stream",
+            "Content-Type": content_type,
             "X-Relay-Event-Id": delivery.event_id,
             "X-Relay-Event-Type": delivery.type,
             "X-Relay-Source": delivery.source,
@@ -24,4 +86,10 @@ def build_request(
     )
     if delivery.replay:
         headers["X-Relay-Replay"] = "1"
-    return delivery.body, headers
+    if destination.signing_secret:
+        # webhook-id is the event id: the same across retries and replays, so a receiver can
+        # deduplicate; X-Relay-Replay tells a deliberate replay apart.
+        headers.update(
+            standard_webhook_headers(destination.signing_secret, delivery.event_id, int(now), body)
+        )
+    return body, headers

@@ -62,8 +62,11 @@ class Store(abc.ABC):
         """Finish queued writes and release connections."""
 
     @abc.abstractmethod
-    async def ingest(self, request: RawRequest, events: Sequence[NewEvent]) -> None:
+    async def ingest(self, request: RawRequest, events: Sequence[NewEvent]) -> dict[str, str]:
         """Store a request, its events and one delivery per destination in one transaction.
+
+        An event whose dedup key was already stored within the dedup window is stored as a
+        duplicate, without deliveries; the result maps such event ids to the original's id.
 
         Returns only once committed (durably, per the configured synchronous level); raises
         StoreError if not committed. Concurrent calls share transactions (group commit).

@@ -39,6 +39,8 @@ from relay.store.base import DestinationStats, Store, StoreError
 log = logging.getLogger("relay.store")
 
 MAX_BATCH = 512
+# Bound on parameters per IN (...) query; SQLite allows 32766 but short lists plan better.
+_IN_CHUNK = 500
 
 _INSERT_REQUEST = (
     "INSERT INTO requests (id, inbound, method, path, query, headers, body, content_type, peer,"
@@ -66,7 +68,7 @@ RETURNING id
 _CLAIMED_DETAIL = """
 SELECT d.id, d.event_id, d.destination, d.attempts, d.replay_id IS NOT NULL,
        e.inbound, e.source, e.type, e.received_at,
-       coalesce(e.payload, r.body), coalesce(e.payload_content_type, r.content_type)
+       coalesce(e.payload, r.body), coalesce(e.payload_content_type, r.content_type), e.fired_at
   FROM deliveries d JOIN events e ON e.id = d.event_id JOIN requests r ON r.id = e.request_id
  WHERE d.id IN ({ids})
  ORDER BY d.next_attempt_at, d.id
@@ -107,6 +109,7 @@ class _Op:
 class _Ingest(_Op):
     request: RawRequest
     events: Sequence[NewEvent]
+    duplicates: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -144,9 +147,10 @@ def sqlite_path(url: str) -> str:
 class SqliteStore(Store):
     """SQLite backend. One writer connection (group commit) and one reader connection."""
 
-    def __init__(self, config: StorageConfig) -> None:
+    def __init__(self, config: StorageConfig, dedup_window: float = 86400.0) -> None:
         super().__init__()
         self.config = config
+        self.dedup_window = dedup_window
         self.path = sqlite_path(config.url)
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
@@ -272,6 +276,9 @@ class SqliteStore(Store):
             ingests = [op for op in ops if isinstance(op, _Ingest)]
             if ingests:
                 due |= await self._write_ingests(conn, ingests)
+                for i, op in enumerate(ops):
+                    if isinstance(op, _Ingest):
+                        results[i] = op.duplicates
             completes = [op for op in ops if isinstance(op, _Complete)]
             if completes:
                 await self._write_completes(conn, completes)
@@ -295,13 +302,33 @@ class SqliteStore(Store):
         self._notify_due(frozenset(due))
         return results
 
+    async def _originals(self, conn: aiosqlite.Connection, ops: list[_Ingest]) -> dict[str, str]:
+        """Dedup key -> id of the first event stored with it within the dedup window."""
+        keys = sorted({e.dedup_key for op in ops for e in op.events if e.dedup_key})
+        if not keys or self.dedup_window <= 0:
+            return {}
+        since = time.time() - self.dedup_window
+        found: dict[str, str] = {}
+        for start in range(0, len(keys), _IN_CHUNK):
+            chunk = keys[start : start + _IN_CHUNK]
+            rows = await conn.execute_fetchall(
+                f"SELECT dedup_key, min(id) FROM events WHERE dedup_key IN"
+                f" ({','.join('?' * len(chunk))}) AND received_at >= ? AND duplicate_of IS NULL"
+                " GROUP BY dedup_key",
+                [*chunk, since],
+            )
+            found.update((str(r[0]), str(r[1])) for r in rows)
+        return found
+
     async def _write_ingests(self, conn: aiosqlite.Connection, ops: list[_Ingest]) -> set[str]:
         requests = []
         events = []
         deliveries = []
         due: set[str] = set()
         paused = self._paused
+        originals = await self._originals(conn, ops)
         for op in ops:
+            op.duplicates = {}
             r = op.request
             requests.append(
                 (
@@ -318,6 +345,11 @@ class SqliteStore(Store):
                 )
             )
             for e in op.events:
+                duplicate_of = originals.get(e.dedup_key) if e.dedup_key else None
+                if duplicate_of is not None:
+                    op.duplicates[e.id] = duplicate_of
+                elif e.dedup_key:
+                    originals[e.dedup_key] = e.id
                 events.append(
                     (
                         e.id,
@@ -331,12 +363,13 @@ class SqliteStore(Store):
                         e.email,
                         e.parse_error,
                         e.dedup_key,
-                        None,
+                        duplicate_of,
                         e.payload,
                         e.payload_content_type,
                     )
                 )
-                for name in e.destinations:
+                # A retried webhook is kept, as every request is, but not delivered twice.
+                for name in () if duplicate_of is not None else e.destinations:
                     state = DeliveryState.PAUSED if name in paused else DeliveryState.PENDING
                     if state is DeliveryState.PENDING:
                         due.add(name)
@@ -417,14 +450,16 @@ class SqliteStore(Store):
                 received_at=row[8],
                 body=bytes(row[9]),
                 content_type=row[10],
+                fired_at=row[11],
             )
             for row in detail
         ]
 
     # -- the Store interface -----------------------------------------------------------------
 
-    async def ingest(self, request: RawRequest, events: Sequence[NewEvent]) -> None:
-        await self._submit(_Ingest(request, events))
+    async def ingest(self, request: RawRequest, events: Sequence[NewEvent]) -> dict[str, str]:
+        duplicates: dict[str, str] = await self._submit(_Ingest(request, events))
+        return duplicates
 
     async def claim(
         self, destination: str, limit: int, now: float, lease_until: float
