@@ -110,6 +110,25 @@ async def _serve(settings: Settings) -> int:
     return code
 
 
+def cmd_sink(args: argparse.Namespace) -> int:
+    from relay.devsink import create_sink
+
+    host, _, port = args.listen.rpartition(":")
+    if not port.isdigit():
+        print(f"relay: --listen must be host:port, not {args.listen!r}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"relay sink listening on http://{host}:{port}, printing what arrives", flush=True)
+    try:
+        web.run_app(
+            create_sink(status=args.status), host=host, port=int(port), print=None,
+            access_log=None,
+        )  # fmt: skip
+    except OSError as exc:
+        print(f"relay: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relay",
@@ -125,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
     check.set_defaults(func=cmd_check_config)
+
+    sink = sub.add_parser(
+        "sink", help="development helper: a destination that prints every webhook it receives"
+    )
+    sink.add_argument("--listen", default="127.0.0.1:9000", metavar="HOST:PORT")
+    sink.add_argument("--status", type=int, default=200, help="status code to answer with")
+    sink.set_defaults(func=cmd_sink)
     return parser
 
 
