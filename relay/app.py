@@ -15,6 +15,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from relay.config import Settings
 from relay.delivery import Dispatcher
 from relay.ingest import Ingest
+from relay.logs import FLUSH_INTERVAL, flush_logs
 from relay.metrics import Metrics
 from relay.sender import Sender
 from relay.store import Store, StoreError, create_store
@@ -111,18 +112,28 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await relay.store.open()
     await relay.sender.start()
     relay.dispatcher.start()
-    stats_task = asyncio.create_task(_stats_loop(relay), name="relay-stats")
+    side_tasks = [
+        asyncio.create_task(_stats_loop(relay), name="relay-stats"),
+        asyncio.create_task(_flush_loop(), name="relay-log-flush"),
+    ]
     log.info("relay started: %s", relay.settings.summary())
     try:
         yield
     finally:
-        stats_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await stats_task
+        for task in side_tasks:
+            task.cancel()
+        await asyncio.gather(*side_tasks, return_exceptions=True)
         await relay.dispatcher.stop(relay.settings.server.shutdown_grace)
         await relay.sender.close()
         await relay.store.close()
         log.info("relay stopped")
+        flush_logs()
+
+
+async def _flush_loop() -> None:
+    while True:
+        await asyncio.sleep(FLUSH_INTERVAL)
+        flush_logs()
 
 
 async def _stats_loop(relay: Relay) -> None:

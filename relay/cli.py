@@ -19,7 +19,7 @@ from aiohttp import web
 from relay import __version__
 from relay.app import FATAL_KEY, create_app
 from relay.config import ConfigError, Settings, load_config
-from relay.logs import setup_logging
+from relay.logs import flush_logs, setup_logging
 from relay.store import StoreError
 
 log = logging.getLogger("relay.cli")
@@ -107,6 +107,7 @@ async def _serve(settings: Settings) -> int:
     await runner.cleanup()
     with contextlib.suppress(asyncio.CancelledError):
         await stop_task
+    flush_logs()
     return code
 
 

@@ -85,13 +85,20 @@ def _event(
 def _audience_event(
     inbound: InboundConfig, request: RawRequest, destinations: Sequence[DestinationConfig]
 ) -> NewEvent:
-    parsed = mailchimp.parse_audience(request.body)
+    # The full nested parse costs several times the summary; only `match` filters need it.
+    parsed: mailchimp.AudienceEvent | mailchimp.AudienceSummary
+    if any(d.match for d in destinations):
+        parsed = mailchimp.parse_audience(request.body)
+        data: Any = parsed.data
+    else:
+        parsed = mailchimp.summarize_audience(request.body)
+        data = None
     return _event(
         inbound,
         request,
         destinations,
         type=parsed.type,
-        data=parsed.data,
+        data=data,
         list_id=parsed.list_id,
         email=parsed.email,
         fired_at=_ts(parsed.fired_at),

@@ -1,12 +1,23 @@
-"""Log setup: one line per event, plain text by default or JSON lines for log pipelines."""
+"""Log setup: one line per event, plain text by default or JSON lines for log pipelines.
+
+Ingest writes a line per request, so the handler buffers: lines are written to standard error
+in blocks, flushed every FLUSH_INTERVAL by the app, at shutdown, and at once for errors.
+A SIGKILL can lose the last fraction of a second of log lines, never stored data.
+"""
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import sys
+import threading
 import time
+from typing import TextIO
 
 import orjson
+
+FLUSH_INTERVAL = 0.5
 
 
 class JsonFormatter(logging.Formatter):
@@ -23,8 +34,39 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
-def setup_logging(log_format: str, level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+class BufferedHandler(logging.Handler):
+    """Writes formatted lines to a buffered stream; ``flush`` pushes them out."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self.stream = stream
+        self._lock = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+            with self._lock:
+                self.stream.write(line)
+                if record.levelno >= logging.ERROR:
+                    self.stream.flush()
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        with self._lock:
+            self.stream.flush()
+
+
+def _stderr_buffered() -> TextIO:
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return sys.stderr
+    return open(os.dup(fd), "w", buffering=1 << 16, encoding="utf-8", errors="replace")
+
+
+def setup_logging(log_format: str, level: int = logging.INFO) -> BufferedHandler:
+    handler = BufferedHandler(_stderr_buffered())
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
@@ -36,5 +78,16 @@ def setup_logging(log_format: str, level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # relay's lines do not use the caller's file, thread or process: skip collecting them.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # aiohttp's access log would duplicate relay's own request lines (and print query secrets).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    return handler
+
+
+def flush_logs() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()

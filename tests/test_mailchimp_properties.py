@@ -15,6 +15,7 @@ from relay.mailchimp import (
     parse_form_json,
     parse_mandrill,
     rebatch_mandrill,
+    summarize_audience,
 )
 
 # Small budgets: the suite shares a 2-core machine, and these parsers have few branches.
@@ -133,3 +134,68 @@ def test_mandrill_scanner_splits_any_array_layout(elements: list[Any], indent: i
     for event, element in zip(batch.events, elements, strict=True):
         position = text.index(event.raw, position) + len(event.raw)
         assert json.loads(event.raw) == element
+
+
+# The summary that ingest computes on every request must agree with the full parser.
+_summary_fields = st.dictionaries(
+    st.sampled_from(
+        ["id", "list_id", "email", "new_id", "new_email", "old_email", "reason", "x y"]
+    ),
+    st.text(max_size=12),
+    max_size=6,
+)
+_audience_like = st.fixed_dictionaries(
+    {
+        "type": st.sampled_from(
+            ["subscribe", "upemail", "cleaned", "sms_subscribe", "", "unknown"]
+        ),
+        "fired_at": st.sampled_from(["2009-03-26 21:35:57", "", "yesterday"]),
+        "data": st.one_of(
+            _summary_fields,
+            st.builds(
+                lambda d, m: {**d, "merges": m},
+                _summary_fields,
+                st.dictionaries(
+                    st.sampled_from(["EMAIL", "FNAME"]), st.text(max_size=8), max_size=2
+                ),
+            ),
+        ),
+    }
+)
+
+
+def _summary(event: object) -> tuple[object, ...]:
+    return tuple(
+        getattr(event, f) for f in ("type", "fired_at", "list_id", "email", "dedup_key", "error")
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    _audience_like,
+    st.lists(
+        st.sampled_from(
+            [
+                "&data%5Bemail%5D=dup",
+                "&data=flat",
+                "&type%5Bx%5D=1",
+                "&data%5Bmerges%5D%5BEMAIL%5D%5B0%5D=g",
+                "&%FF=1",
+                "&&",
+                "&data%5bid%5d=lower",
+            ]
+        ),
+        max_size=2,
+    ),
+)
+def test_summary_agrees_with_full_parse_on_audience_bodies(
+    fields: dict[str, object], tails: list[str]
+) -> None:
+    body = encode_audience(fields) + "".join(tails).encode()
+    assert _summary(summarize_audience(body)) == _summary(parse_audience(body))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_summary_agrees_with_full_parse_on_arbitrary_bytes(body: bytes) -> None:
+    assert _summary(summarize_audience(body)) == _summary(parse_audience(body))

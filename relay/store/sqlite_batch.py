@@ -1,0 +1,269 @@
+"""The SQLite writer's batch: queued operations applied as one transaction, on the writer thread.
+
+Everything here is synchronous and runs on the writer's own thread, so a whole batch (dedup
+lookup, inserts, claims, attempt records, commit) costs one thread hop and one fsync, however
+many webhooks it carries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from relay.model import (
+    AttemptResult,
+    ClaimedDelivery,
+    Decision,
+    DeliveryState,
+    NewEvent,
+    RawRequest,
+)
+
+# Bound on parameters per IN (...) query; SQLite allows 32766 but short lists plan better.
+IN_CHUNK = 500
+
+_INSERT_REQUEST = (
+    "INSERT INTO requests (id, inbound, method, path, query, headers, body, content_type, peer,"
+    " received_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
+)
+_INSERT_EVENT = (
+    "INSERT INTO events (id, request_id, inbound, source, type, received_at, fired_at, list_id,"
+    " email, parse_error, dedup_key, duplicate_of, payload, payload_content_type)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+_INSERT_DELIVERY = (
+    "INSERT INTO deliveries (event_id, destination, state, next_attempt_at, created_at,"
+    " updated_at) VALUES (?,?,?,?,?,?)"
+)
+# The partial index deliveries_due covers exactly this WHERE clause, in next_attempt_at order.
+_CLAIM = """
+UPDATE deliveries
+   SET state = 'delivering', attempts = attempts + 1, next_attempt_at = :lease, updated_at = :now
+ WHERE id IN (SELECT id FROM deliveries
+               WHERE destination = :destination AND state IN ('pending', 'delivering')
+                 AND next_attempt_at <= :now
+               ORDER BY next_attempt_at LIMIT :limit)
+RETURNING id
+"""
+_CLAIMED_DETAIL = """
+SELECT d.id, d.event_id, d.destination, d.attempts, d.replay_id IS NOT NULL,
+       e.inbound, e.source, e.type, e.received_at,
+       coalesce(e.payload, r.body), coalesce(e.payload_content_type, r.content_type), e.fired_at
+  FROM deliveries d JOIN events e ON e.id = d.event_id JOIN requests r ON r.id = e.request_id
+ WHERE d.id IN ({ids})
+ ORDER BY d.next_attempt_at, d.id
+"""
+_INSERT_ATTEMPT = (
+    "INSERT INTO attempts (delivery_id, number, started_at, duration, outcome, status, error,"
+    " response_head) VALUES (?,?,?,?,?,?,?,?)"
+)
+# A delivery leaves 'delivering' only if it still holds this attempt's lease: a worker that
+# outlived its lease must not overwrite the newer attempt that took the delivery over.
+_COMPLETE = (
+    "UPDATE deliveries SET state = ?, next_attempt_at = ?, updated_at = ?, delivered_at = ?,"
+    " last_status = ?, last_error = ? WHERE id = ? AND attempts = ? AND state = 'delivering'"
+)
+
+
+@dataclass(eq=False)
+class Op:
+    """One queued write; its future is resolved on the event loop after the commit."""
+
+    future: asyncio.Future[Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.future = asyncio.get_running_loop().create_future()
+
+
+@dataclass(eq=False)
+class IngestOp(Op):
+    request: RawRequest
+    events: Sequence[NewEvent]
+
+
+@dataclass(eq=False)
+class ClaimOp(Op):
+    destination: str
+    limit: int
+    now: float
+    lease_until: float
+
+
+@dataclass(eq=False)
+class CompleteOp(Op):
+    delivery: ClaimedDelivery
+    result: AttemptResult
+    decision: Decision
+
+
+@dataclass(eq=False)
+class PingOp(Op):
+    pass
+
+
+@dataclass(eq=False)
+class CallOp(Op):
+    """Any other write (admin operations): runs alone in its own transaction."""
+
+    fn: Callable[[sqlite3.Connection], Any]
+
+
+@dataclass
+class BatchOutcome:
+    results: list[Any]
+    # Destinations with deliveries that became due with this commit (their workers are woken).
+    due: set[str]
+
+
+def apply_batch(
+    conn: sqlite3.Connection, ops: Sequence[Op], paused: frozenset[str], dedup_window: float
+) -> BatchOutcome:
+    """Apply ``ops`` in one transaction; on any error roll back and raise."""
+    outcome = BatchOutcome(results=[None] * len(ops), due=set())
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        ingests = [(i, op) for i, op in enumerate(ops) if isinstance(op, IngestOp)]
+        if ingests:
+            duplicates = _write_ingests(conn, [op for _, op in ingests], paused, dedup_window,
+                                        outcome.due)  # fmt: skip
+            for (i, _), dups in zip(ingests, duplicates, strict=True):
+                outcome.results[i] = dups
+        completes = [op for op in ops if isinstance(op, CompleteOp)]
+        if completes:
+            _write_completes(conn, completes)
+        for i, op in enumerate(ops):
+            if isinstance(op, ClaimOp):
+                outcome.results[i] = [] if op.destination in paused else _claim(conn, op)
+            elif isinstance(op, PingOp):
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('heartbeat', ?)",
+                    (str(time.time()),),
+                )
+            elif isinstance(op, CallOp):
+                outcome.results[i] = op.fn(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return outcome
+
+
+def _originals(
+    conn: sqlite3.Connection, ops: Sequence[IngestOp], dedup_window: float
+) -> dict[str, str]:
+    """Dedup key -> id of the first event stored with it within the dedup window."""
+    keys = sorted({e.dedup_key for op in ops for e in op.events if e.dedup_key})
+    if not keys or dedup_window <= 0:
+        return {}
+    since = time.time() - dedup_window
+    found: dict[str, str] = {}
+    for start in range(0, len(keys), IN_CHUNK):
+        chunk = keys[start : start + IN_CHUNK]
+        rows = conn.execute(
+            f"SELECT dedup_key, min(id) FROM events WHERE dedup_key IN"
+            f" ({','.join('?' * len(chunk))}) AND received_at >= ? AND duplicate_of IS NULL"
+            " GROUP BY dedup_key",
+            [*chunk, since],
+        )
+        found.update((str(r[0]), str(r[1])) for r in rows)
+    return found
+
+
+def _write_ingests(
+    conn: sqlite3.Connection,
+    ops: Sequence[IngestOp],
+    paused: frozenset[str],
+    dedup_window: float,
+    due: set[str],
+) -> list[dict[str, str]]:
+    requests = []
+    events = []
+    deliveries = []
+    originals = _originals(conn, ops, dedup_window)
+    duplicates: list[dict[str, str]] = []
+    for op in ops:
+        r = op.request
+        requests.append(
+            (
+                r.id, r.inbound, r.method, r.path, r.query, orjson.dumps(r.headers).decode(),
+                r.body, r.content_type, r.peer, r.received_at,
+            )
+        )  # fmt: skip
+        dups: dict[str, str] = {}
+        duplicates.append(dups)
+        for e in op.events:
+            duplicate_of = originals.get(e.dedup_key) if e.dedup_key else None
+            if duplicate_of is not None:
+                dups[e.id] = duplicate_of
+            elif e.dedup_key:
+                originals[e.dedup_key] = e.id
+            events.append(
+                (
+                    e.id, e.request_id, e.inbound, e.source, e.type, e.received_at, e.fired_at,
+                    e.list_id, e.email, e.parse_error, e.dedup_key, duplicate_of, e.payload,
+                    e.payload_content_type,
+                )
+            )  # fmt: skip
+            # A retried webhook is kept, as every request is, but not delivered twice.
+            for name in () if duplicate_of is not None else e.destinations:
+                state = DeliveryState.PAUSED if name in paused else DeliveryState.PENDING
+                if state is DeliveryState.PENDING:
+                    due.add(name)
+                t = e.received_at
+                deliveries.append((e.id, name, state.value, t, t, t))
+    conn.executemany(_INSERT_REQUEST, requests)
+    if events:
+        conn.executemany(_INSERT_EVENT, events)
+    if deliveries:
+        conn.executemany(_INSERT_DELIVERY, deliveries)
+    return duplicates
+
+
+def _write_completes(conn: sqlite3.Connection, ops: Sequence[CompleteOp]) -> None:
+    attempts = []
+    updates = []
+    for op in ops:
+        d, r, dec = op.delivery, op.result, op.decision
+        attempts.append(
+            (d.id, d.attempt, r.started_at, r.duration, r.outcome.value, r.status, r.error,
+             r.response_head)
+        )  # fmt: skip
+        finished = r.started_at + r.duration
+        delivered = dec.state is DeliveryState.DELIVERED
+        last_error = None
+        if not delivered:
+            last_error = dec.reason or r.error or (f"HTTP {r.status}" if r.status else None)
+        updates.append(
+            (dec.state.value, dec.next_attempt_at, finished, finished if delivered else None,
+             r.status, last_error, d.id, d.attempt)
+        )  # fmt: skip
+    conn.executemany(_INSERT_ATTEMPT, attempts)
+    conn.executemany(_COMPLETE, updates)
+
+
+def _claim(conn: sqlite3.Connection, op: ClaimOp) -> list[ClaimedDelivery]:
+    params = {
+        "destination": op.destination,
+        "now": op.now,
+        "lease": op.lease_until,
+        "limit": op.limit,
+    }
+    ids = [int(r[0]) for r in conn.execute(_CLAIM, params).fetchall()]
+    if not ids:
+        return []
+    detail = conn.execute(_CLAIMED_DETAIL.format(ids=",".join("?" * len(ids))), ids)
+    return [
+        ClaimedDelivery(
+            id=row[0], event_id=row[1], destination=row[2], attempt=row[3], replay=bool(row[4]),
+            inbound=row[5], source=row[6], type=row[7], received_at=row[8], body=bytes(row[9]),
+            content_type=row[10], fired_at=row[11],
+        )
+        for row in detail
+    ]  # fmt: skip

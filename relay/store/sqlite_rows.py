@@ -1,0 +1,49 @@
+"""Column lists and row-to-record mapping for the SQLite backend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from relay.model import AttemptRecord, DeliveryRecord, DeliveryState, EventRecord, RawRequest
+
+EVENT_COLUMNS = (
+    "id, request_id, inbound, source, type, received_at, fired_at, list_id, email, parse_error,"
+    " dedup_key, duplicate_of"
+)
+REQUEST_COLUMNS = "id, inbound, method, path, query, headers, body, content_type, peer, received_at"
+DELIVERY_COLUMNS = (
+    "id, event_id, destination, state, attempts, next_attempt_at, created_at, updated_at,"
+    " delivered_at, last_status, last_error, replay_id"
+)
+ATTEMPT_COLUMNS = "number, started_at, duration, outcome, status, error, response_head"
+
+
+def event_record(row: Sequence[Any]) -> EventRecord:
+    return EventRecord(*row[:12])
+
+
+def request_record(row: Sequence[Any]) -> RawRequest:
+    headers = tuple((str(k), str(v)) for k, v in orjson.loads(row[5]))
+    return RawRequest(
+        id=row[0], inbound=row[1], method=row[2], path=row[3], query=row[4], headers=headers,
+        body=bytes(row[6]), content_type=row[7], peer=row[8], received_at=row[9],
+    )  # fmt: skip
+
+
+def delivery_record(row: Sequence[Any], attempts: tuple[AttemptRecord, ...] = ()) -> DeliveryRecord:
+    return DeliveryRecord(
+        id=row[0], event_id=row[1], destination=row[2], state=DeliveryState(row[3]),
+        attempts=row[4], next_attempt_at=row[5], created_at=row[6], updated_at=row[7],
+        delivered_at=row[8], last_status=row[9], last_error=row[10], replay_id=row[11],
+        attempt_log=attempts,
+    )  # fmt: skip
+
+
+def attempt_record(row: Sequence[Any]) -> AttemptRecord:
+    return AttemptRecord(
+        number=row[0], started_at=row[1], duration=row[2], outcome=row[3], status=row[4],
+        error=row[5], response_head=bytes(row[6] or b""),
+    )  # fmt: skip
