@@ -1,0 +1,70 @@
+"""Every query on the ingest and delivery hot paths uses an index (EXPLAIN QUERY PLAN)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from relay.store import sqlite as store_sqlite
+from relay.store import sqlite_batch
+from relay.store.sqlite import migrate
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> sqlite3.Connection:
+    c = sqlite3.connect(tmp_path / "plans.db", isolation_level=None)
+    migrate(c)
+    return c
+
+
+def plan(conn: sqlite3.Connection, sql: str, params: object) -> str:
+    rows = conn.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()  # type: ignore[arg-type]
+    return "\n".join(str(r[3]) for r in rows)
+
+
+def assert_indexed(text: str, index: str) -> None:
+    assert index in text, text
+    # A bare "SCAN table" (no index) is a full table scan.
+    for line in text.splitlines():
+        if line.startswith("SCAN ") and "INDEX" not in line:
+            pytest.fail(f"full scan in plan:\n{text}")
+
+
+def test_claim_uses_the_partial_due_index(conn: sqlite3.Connection) -> None:
+    text = plan(
+        conn, sqlite_batch._CLAIM, {"destination": "crm", "now": 1.0, "lease": 2.0, "limit": 10}
+    )
+    assert_indexed(text, "deliveries_due")
+    assert "TEMP B-TREE" not in text  # ordered by the index, not sorted
+
+
+def test_next_due_uses_the_partial_due_index(conn: sqlite3.Connection) -> None:
+    assert_indexed(plan(conn, store_sqlite._NEXT_DUE, ("crm",)), "deliveries_due")
+
+
+def test_stats_and_oldest_pending_use_the_state_index(conn: sqlite3.Connection) -> None:
+    assert_indexed(plan(conn, store_sqlite._STATS, ()), "deliveries_state")
+    assert_indexed(plan(conn, store_sqlite._OLDEST_PENDING, ("crm",)), "deliveries_state")
+
+
+def test_claimed_detail_reads_by_primary_keys(conn: sqlite3.Connection) -> None:
+    sql = sqlite_batch._CLAIMED_DETAIL.format(ids="?,?")
+    text = plan(conn, sql, (1, 2))
+    assert "SEARCH d USING INTEGER PRIMARY KEY" in text, text
+    assert "SEARCH e USING INDEX sqlite_autoindex_events_1" in text, text
+    assert "SEARCH r USING INDEX sqlite_autoindex_requests_1" in text, text
+
+
+def test_dedup_lookup_uses_the_dedup_index(conn: sqlite3.Connection) -> None:
+    sql = (
+        "SELECT dedup_key, min(id) FROM events WHERE dedup_key IN (?,?) AND received_at >= ?"
+        " AND duplicate_of IS NULL GROUP BY dedup_key"
+    )
+    assert_indexed(plan(conn, sql, ("a", "b", 0.0)), "events_dedup")
+
+
+def test_complete_updates_by_primary_key(conn: sqlite3.Connection) -> None:
+    text = plan(conn, sqlite_batch._COMPLETE, ("delivered", None, 1.0, 1.0, 200, None, 1, 1))
+    assert "USING INTEGER PRIMARY KEY" in text, text
