@@ -68,7 +68,7 @@ class Child:
             time.sleep(0.1)
         raise NotReady(f"{self.name} not ready at {url} after {deadline_s:.0f}s: {self.tail()}")
 
-    def tail(self, lines: int = 3) -> str:
+    def tail(self, lines: int = 1) -> str:
         self._log_file.flush()
         text = self.log.read_text(errors="replace").strip().splitlines()
         return " | ".join(text[-lines:]) if text else "(no output)"

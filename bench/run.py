@@ -95,8 +95,8 @@ def fresh_dir(name: str) -> Path:
 def check_ports(*ports: int) -> None:
     busy = [p for p in ports if not procs.port_free(p)]
     if busy:
-        raise SystemExit(f"bench: ports {busy} are already in use on 127.0.0.1; "
-                         "stop whatever listens there (an earlier run?) and retry")
+        raise SystemExit(f"bench: ports {busy} are already in use on 127.0.0.1; stop what "
+                         "listens there or set BENCH_PORT_BASE (default 28000) to move them")
 
 
 @contextlib.contextmanager

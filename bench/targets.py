@@ -7,6 +7,7 @@ the harness as a child process. Ports are fixed so logs and configs are easy to 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -15,10 +16,13 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
-BARE_PORT = 18070
-RELAY_PORT = 18080
-HOOKSPOOL_PORT = 18081
-SINK_PORT = 18090
+# Away from relay's usual 8080/18080, which other engineers' relays on this machine listen on;
+# BENCH_PORT_BASE moves all four if these are taken too.
+PORT_BASE = int(os.environ.get("BENCH_PORT_BASE", "28000"))
+BARE_PORT = PORT_BASE + 70
+RELAY_PORT = PORT_BASE + 80
+HOOKSPOOL_PORT = PORT_BASE + 81
+SINK_PORT = PORT_BASE + 90
 SECRET = "bench-secret"
 ADMIN_TOKEN = "bench-admin-token"
 DESTINATIONS = ("crm", "analytics", "support")
