@@ -1,0 +1,158 @@
+"""HTTP load from Python: the ClientSession ceiling, backlog preloading and open-loop latency.
+
+Run as its own process (pinned by the harness), it prints one JSON line with its figures.
+
+``burst`` posts COUNT requests with CONCURRENCY in flight over one ``aiohttp.ClientSession``,
+the way relay's delivery workers send: this is the raw delivery ceiling when aimed at the
+sink, and the quickest way to fill relay with a backlog when aimed at relay.
+
+``rate`` is an open-loop generator: request i is sent at start + i/RATE whether or not
+earlier ones have been answered (a closed loop would slow down with the server and hide
+queueing). Each body gets ``data[merges][TS]=<send time in ns>`` appended, which relay
+forwards untouched, so the sink can compute send-to-delivered latency.
+
+    python bench/loadgen.py burst --url URL --body FILE --count 20000 --concurrency 64
+    python bench/loadgen.py rate --url URL --body FILE --rate 1000 --duration 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import time
+from pathlib import Path
+
+import aiohttp
+
+FORM = "application/x-www-form-urlencoded"
+TS_FIELD = b"&data%5Bmerges%5D%5BTS%5D="
+
+
+def percentile(sorted_values: list[float], pct: float) -> float:
+    """Nearest-rank percentile of an already sorted list (0.0 for an empty one)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(0, min(len(sorted_values) - 1, math.ceil(pct / 100 * len(sorted_values)) - 1))
+    return sorted_values[rank]
+
+
+async def burst(url: str, body: bytes, count: int, concurrency: int) -> dict[str, object]:
+    remaining = count
+    ok = 0
+    errors: dict[str, int] = {}
+    headers = {"Content-Type": FORM}
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal remaining, ok
+        while remaining > 0:
+            remaining -= 1
+            try:
+                async with session.post(url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    if 200 <= resp.status < 300:
+                        ok += 1
+                    else:
+                        errors[str(resp.status)] = errors.get(str(resp.status), 0) + 1
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                name = type(exc).__name__
+                errors[name] = errors.get(name, 0) + 1
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return {"mode": "burst", "count": count, "ok": ok, "errors": errors,
+            "elapsed_s": elapsed, "rps": ok / elapsed if elapsed else 0.0}
+
+
+async def rate(url: str, body: bytes, per_second: float, duration: float,
+               max_in_flight: int) -> dict[str, object]:
+    total = int(per_second * duration)
+    acks_ms: list[float] = []
+    errors: dict[str, int] = {}
+    skipped = 0
+    in_flight = 0
+    peak_in_flight = 0
+    max_lag_ms = 0.0
+    headers = {"Content-Type": FORM}
+
+    async def send(session: aiohttp.ClientSession) -> None:
+        nonlocal in_flight
+        sent_ns = time.time_ns()
+        payload = body + TS_FIELD + str(sent_ns).encode()
+        t0 = time.perf_counter()
+        try:
+            async with session.post(url, data=payload, headers=headers) as resp:
+                await resp.read()
+                if 200 <= resp.status < 300:
+                    acks_ms.append((time.perf_counter() - t0) * 1000)
+                else:
+                    errors[str(resp.status)] = errors.get(str(resp.status), 0) + 1
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            name = type(exc).__name__
+            errors[name] = errors.get(name, 0) + 1
+        finally:
+            in_flight -= 1
+
+    connector = aiohttp.TCPConnector(limit=max_in_flight)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        tasks: set[asyncio.Task[None]] = set()
+        start = time.perf_counter()
+        for i in range(total):
+            due = start + i / per_second
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                max_lag_ms = max(max_lag_ms, -delay * 1000)
+            if in_flight >= max_in_flight:
+                # The server is this far behind: counting the request as skipped keeps the
+                # generator open-loop instead of silently turning it into a closed loop.
+                skipped += 1
+                continue
+            in_flight += 1
+            peak_in_flight = max(peak_in_flight, in_flight)
+            task = asyncio.create_task(send(session))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        send_window = time.perf_counter() - start
+        if tasks:
+            await asyncio.gather(*tasks)
+    acks_ms.sort()
+    answered = len(acks_ms) + sum(errors.values())
+    return {"mode": "rate", "target_rps": per_second, "planned": total, "ok": len(acks_ms),
+            "errors": errors, "skipped": skipped, "send_window_s": send_window,
+            "achieved_rps": answered / send_window if send_window else 0.0,
+            "peak_in_flight": peak_in_flight, "max_lag_ms": max_lag_ms,
+            "ack_p50_ms": percentile(acks_ms, 50), "ack_p99_ms": percentile(acks_ms, 99)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    b = sub.add_parser("burst", help="post COUNT requests with CONCURRENCY in flight")
+    b.add_argument("--count", type=int, default=20_000)
+    b.add_argument("--concurrency", type=int, default=64)
+    r = sub.add_parser("rate", help="open-loop load at a fixed rate")
+    r.add_argument("--rate", type=float, default=1000.0)
+    r.add_argument("--duration", type=float, default=10.0)
+    r.add_argument("--max-in-flight", type=int, default=512)
+    for p in (b, r):
+        p.add_argument("--url", required=True)
+        p.add_argument("--body", type=Path, required=True)
+    args = parser.parse_args()
+    body = args.body.read_bytes()
+    if args.mode == "burst":
+        result = asyncio.run(burst(args.url, body, args.count, args.concurrency))
+    else:
+        result = asyncio.run(rate(args.url, body, args.rate, args.duration, args.max_in_flight))
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
