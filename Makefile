@@ -30,6 +30,7 @@ test: lint
 	$(BIN)/pytest
 
 bench: $(VENV)/.installed-test
+	@command -v wrk >/dev/null || { echo "make bench needs wrk: apt-get install -y wrk"; exit 2; }
 	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
 	$(BIN)/python bench/run.py
 

@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -38,6 +39,15 @@ def percentile(sorted_values: list[float], pct: float) -> float:
     return sorted_values[rank]
 
 
+_ID_FIELD = re.compile(rb"data%5Bid%5D=[^&]*")
+
+
+def with_id(body: bytes, n: int) -> bytes:
+    """The body with its own ``data[id]``: relay delivers a repeated webhook only once (dedup),
+    so every request of a benchmark must be a distinct event, as in a real audience import."""
+    return _ID_FIELD.sub(b"data%%5Bid%%5D=%010d" % n, body, count=1)
+
+
 async def burst(url: str, body: bytes, count: int, concurrency: int) -> dict[str, object]:
     remaining = count
     ok = 0
@@ -49,7 +59,8 @@ async def burst(url: str, body: bytes, count: int, concurrency: int) -> dict[str
         while remaining > 0:
             remaining -= 1
             try:
-                async with session.post(url, data=body, headers=headers) as resp:
+                payload = with_id(body, remaining)
+                async with session.post(url, data=payload, headers=headers) as resp:
                     await resp.read()
                     if 200 <= resp.status < 300:
                         ok += 1
@@ -83,7 +94,7 @@ async def rate(url: str, body: bytes, per_second: float, duration: float,
     async def send(session: aiohttp.ClientSession) -> None:
         nonlocal in_flight
         sent_ns = time.time_ns()
-        payload = body + TS_FIELD + str(sent_ns).encode()
+        payload = with_id(body, sent_ns % 10**10) + TS_FIELD + str(sent_ns).encode()
         t0 = time.perf_counter()
         try:
             async with session.post(url, data=payload, headers=headers) as resp:
