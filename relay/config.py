@@ -39,6 +39,9 @@ class ServerConfig:
     # How long SIGTERM waits for in-flight deliveries before cancelling them (they stay leased
     # and are retried after the lease, so nothing is lost either way).
     shutdown_grace: float = 10.0
+    # How long a client may take to send its headers, and then its body; also how long an idle
+    # keep-alive connection stays open. Longer than a reverse proxy's usual 60 s keep-alive.
+    read_timeout: float = 75.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +303,9 @@ class _Reader:
 
     def server(self, raw: dict[str, Any]) -> ServerConfig:
         p = "server."
-        self.unknown(raw, p, {"listen", "max_body_bytes", "log_format", "shutdown_grace"})
+        self.unknown(
+            raw, p, {"listen", "max_body_bytes", "log_format", "shutdown_grace", "read_timeout"}
+        )
         listen = self.get(raw, p, "listen", str, "127.0.0.1:8080")
         host, port = "127.0.0.1", 8080
         parsed = _parse_listen(listen)
@@ -314,6 +319,7 @@ class _Reader:
             max_body_bytes=self.get(raw, p, "max_body_bytes", int, 10 * 1024 * 1024, _positive),
             log_format=self.get(raw, p, "log_format", str, "text", _one_of("text", "json")),
             shutdown_grace=self.get(raw, p, "shutdown_grace", float, 10.0, _non_negative),
+            read_timeout=self.get(raw, p, "read_timeout", float, 75.0, _positive),
         )
 
     def storage(self, raw: dict[str, Any]) -> StorageConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import socket
@@ -111,17 +112,8 @@ async def sink() -> AsyncIterator[Sink]:
     await s.server.close()
 
 
-def config_text(
-    db: Path,
-    destinations: str = "",
-    inbounds: str | None = None,
-    extra: str = "",
-    port: int = 0,
-    max_body_bytes: int = 65536,
-    server_extra: str = "",
-) -> str:
-    if inbounds is None:
-        inbounds = """
+# Two audience inbounds, one per source, both with the URL secret "s3cret".
+AUDIENCE_INBOUNDS = """
 [[inbound]]
 name = "audience-user"
 path = "/hooks/user"
@@ -136,6 +128,19 @@ kind = "mailchimp"
 secret = "s3cret"
 source = "admin"
 """
+
+
+def config_text(
+    db: Path,
+    destinations: str = "",
+    inbounds: str | None = None,
+    extra: str = "",
+    port: int = 0,
+    max_body_bytes: int = 65536,
+    server_extra: str = "",
+) -> str:
+    if inbounds is None:
+        inbounds = AUDIENCE_INBOUNDS
     return f"""
 [server]
 listen = "127.0.0.1:{port or 8080}"
@@ -212,7 +217,9 @@ class RelayUnderTest:
         assert self.session is not None
         url = self.url(path) + (f"?{query}" if query else "")
         all_headers = {"Content-Type": content_type, **(headers or {})}
-        async with self.session.post(url, data=body, headers=all_headers) as response:
+        # aiohttp warns that large bytes bodies block the loop; a file-like body streams.
+        data = io.BytesIO(body) if len(body) > 512 * 1024 else body
+        async with self.session.post(url, data=data, headers=all_headers) as response:
             return response.status, await response.text()
 
     async def stop(self) -> None:
