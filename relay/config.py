@@ -50,6 +50,9 @@ class StorageConfig:
     synchronous: str = "FULL"
     # How long a write waits for a lock held by another process before it fails (503).
     busy_timeout: float = 5.0
+    # A cap on the database file: at the cap new webhooks get 503 (Mailchimp retries) instead
+    # of the disk filling up for everything else on the machine. None: no cap.
+    max_size_mb: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,11 +327,14 @@ class _Reader:
 
     def storage(self, raw: dict[str, Any]) -> StorageConfig:
         p = "storage."
-        self.unknown(raw, p, {"url", "synchronous", "busy_timeout"})
+        self.unknown(raw, p, {"url", "synchronous", "busy_timeout", "max_size_mb"})
         url = self.get(raw, p, "url", str, "sqlite:///data/relay.db", _storage_url)
         sync = self.get(raw, p, "synchronous", str, "FULL", _one_of("FULL", "NORMAL", "EXTRA"))
         busy = self.get(raw, p, "busy_timeout", float, 5.0, _non_negative)
-        return StorageConfig(url=url, synchronous=sync, busy_timeout=busy)
+        max_size = (
+            self.get(raw, p, "max_size_mb", float, 0.0, _positive) if "max_size_mb" in raw else None
+        )
+        return StorageConfig(url=url, synchronous=sync, busy_timeout=busy, max_size_mb=max_size)
 
     def inbound(self, raw: dict[str, Any], p: str) -> InboundConfig | None:
         self.unknown(

@@ -39,6 +39,7 @@ from relay.store.base import DestinationStats, Store, StoreError
 log = logging.getLogger("relay.store")
 
 MAX_BATCH = 512
+PING_HEADROOM = 16 * 1024
 
 _INSERT_REQUEST = (
     "INSERT INTO requests (id, inbound, method, path, query, headers, body, content_type, peer,"
@@ -181,6 +182,10 @@ class SqliteStore(Store):
         await conn.execute("PRAGMA journal_mode=WAL")
         await conn.execute(f"PRAGMA synchronous={self.config.synchronous}")
         await conn.execute(f"PRAGMA busy_timeout={int(self.config.busy_timeout * 1000)}")
+        if self.config.max_size_mb is not None:
+            rows = await conn.execute_fetchall("PRAGMA page_size")
+            pages = int(self.config.max_size_mb * 1024 * 1024) // int(next(iter(rows))[0])
+            await conn.execute(f"PRAGMA max_page_count={max(1, pages)}")
         return conn
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
@@ -283,6 +288,13 @@ class SqliteStore(Store):
                         "INSERT OR REPLACE INTO meta (key, value) VALUES ('heartbeat', ?)",
                         (str(time.time()),),
                     )
+                    # A full database still rewrites the heartbeat in place: prove there is
+                    # room for new rows too, or /readyz says ready while ingest answers 503.
+                    await conn.execute(
+                        "INSERT INTO meta (key, value) VALUES ('headroom', zeroblob(?))",
+                        (PING_HEADROOM,),
+                    )
+                    await conn.execute("DELETE FROM meta WHERE key = 'headroom'")
                 elif isinstance(op, _Call):
                     results[i] = await op.fn(conn)
             await conn.execute("COMMIT")
