@@ -112,5 +112,10 @@ def describe_error(exc: BaseException) -> str:
         return "response body broken off"
     if isinstance(exc, asyncio.IncompleteReadError):
         return "response broken off"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # Its str() ends with url='...', and a destination URL may carry a token in its query.
+        return f"invalid response: {' '.join(exc.message.split())}"[:300]
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "invalid URL"
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:300]
