@@ -53,7 +53,10 @@ class Relay:
             return False, "delivery workers are not running"
         if time.monotonic() - self._last_write_ok > READY_FRESHNESS:
             try:
-                await asyncio.wait_for(self.store.ping(), timeout=PING_TIMEOUT)
+                # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that arrives
+                # as the ping completes, and the stats loop then never stops on shutdown.
+                async with asyncio.timeout(PING_TIMEOUT):
+                    await self.store.ping()
             except (StoreError, TimeoutError) as exc:
                 return False, f"storage is not writable: {exc or 'timed out'}"
             self._last_write_ok = time.monotonic()

@@ -66,7 +66,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 async def _serve(settings: Settings) -> int:
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        # aiohttp's defaults let an idle or header-trickling client keep a connection for an
+        # hour, and a request still in progress delay shutdown by up to two minutes.
+        keepalive_timeout=settings.server.read_timeout,
+        shutdown_timeout=settings.server.shutdown_grace,
+    )
     try:
         await runner.setup()
     except StoreError as exc:

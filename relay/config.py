@@ -40,6 +40,9 @@ class ServerConfig:
     # How long SIGTERM waits for in-flight deliveries before cancelling them (they stay leased
     # and are retried after the lease, so nothing is lost either way).
     shutdown_grace: float = 10.0
+    # How long a client may take to send its headers, and then its body; also how long an idle
+    # keep-alive connection stays open. Longer than a reverse proxy's usual 60 s keep-alive.
+    read_timeout: float = 75.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,9 @@ class StorageConfig:
     synchronous: str = "FULL"
     # How long a write waits for a lock held by another process before it fails (503).
     busy_timeout: float = 5.0
+    # A cap on the database file: at the cap new webhooks get 503 (Mailchimp retries) instead
+    # of the disk filling up for everything else on the machine. None: no cap.
+    max_size_mb: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,7 +307,9 @@ class _Reader:
 
     def server(self, raw: dict[str, Any]) -> ServerConfig:
         p = "server."
-        self.unknown(raw, p, {"listen", "max_body_bytes", "log_format", "shutdown_grace"})
+        self.unknown(
+            raw, p, {"listen", "max_body_bytes", "log_format", "shutdown_grace", "read_timeout"}
+        )
         listen = self.get(raw, p, "listen", str, "127.0.0.1:8080")
         host, port = "127.0.0.1", 8080
         parsed = _parse_listen(listen)
@@ -315,15 +323,19 @@ class _Reader:
             max_body_bytes=self.get(raw, p, "max_body_bytes", int, 10 * 1024 * 1024, _positive),
             log_format=self.get(raw, p, "log_format", str, "text", _one_of("text", "json")),
             shutdown_grace=self.get(raw, p, "shutdown_grace", float, 10.0, _non_negative),
+            read_timeout=self.get(raw, p, "read_timeout", float, 75.0, _positive),
         )
 
     def storage(self, raw: dict[str, Any]) -> StorageConfig:
         p = "storage."
-        self.unknown(raw, p, {"url", "synchronous", "busy_timeout"})
+        self.unknown(raw, p, {"url", "synchronous", "busy_timeout", "max_size_mb"})
         url = self.get(raw, p, "url", str, "sqlite:///data/relay.db", _storage_url)
         sync = self.get(raw, p, "synchronous", str, "FULL", _one_of("FULL", "NORMAL", "EXTRA"))
         busy = self.get(raw, p, "busy_timeout", float, 5.0, _non_negative)
-        return StorageConfig(url=url, synchronous=sync, busy_timeout=busy)
+        max_size = (
+            self.get(raw, p, "max_size_mb", float, 0.0, _positive) if "max_size_mb" in raw else None
+        )
+        return StorageConfig(url=url, synchronous=sync, busy_timeout=busy, max_size_mb=max_size)
 
     def inbound(self, raw: dict[str, Any], p: str) -> InboundConfig | None:
         self.unknown(

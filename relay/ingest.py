@@ -6,6 +6,7 @@ retries. Forwarding is never on this path, so the answer comes in milliseconds.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,6 +26,10 @@ log = logging.getLogger("relay.ingest")
 MANDRILL_TEST_KEY = "test-webhook"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Parsing megabytes of form fields takes seconds of CPU; bodies larger than this are parsed in a
+# thread so that other requests keep their millisecond answers meanwhile.
+PARSE_INLINE_BYTES = 256 * 1024
 
 
 def _text(status: int, reason: str) -> web.Response:
@@ -88,12 +93,22 @@ class Ingest:
             return self._reject(
                 inbound, "too_large", 413, f"body larger than {limit} bytes", request
             )
+        read_timeout = self.settings.server.read_timeout
         try:
-            body = await request.read()  # aiohttp enforces client_max_size while reading
+            # aiohttp enforces client_max_size while reading; the timeout stops a client that
+            # trickles its body from holding the handler forever.
+            async with asyncio.timeout(read_timeout):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._reject(
                 inbound, "too_large", 413, f"body larger than {limit} bytes", request
             )
+        except TimeoutError:
+            response = self._reject(
+                inbound, "read_timeout", 408, f"body not received within {read_timeout:g}s", request
+            )
+            response.force_close()
+            return response
         if not body:
             self.metrics.requests.labels(inbound.name, "validation").inc()
             return _text(200, "OK")
@@ -114,7 +129,12 @@ class Ingest:
             peer=request.remote or "",
             received_at=received_at,
         )
-        events = derive_events(inbound, raw, self.settings.destinations)
+        if len(body) <= PARSE_INLINE_BYTES:
+            events = derive_events(inbound, raw, self.settings.destinations)
+        else:
+            events = await asyncio.to_thread(
+                derive_events, inbound, raw, self.settings.destinations
+            )
         try:
             duplicates = await self.store.ingest(raw, events)
         except StoreError as exc:

@@ -16,6 +16,7 @@ import time
 from typing import TextIO
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
 FLUSH_INTERVAL = 0.5
 
@@ -65,6 +66,26 @@ def _stderr_buffered() -> TextIO:
     return open(os.dup(fd), "w", buffering=1 << 16, encoding="utf-8", errors="replace")
 
 
+class MalformedRequestFilter(logging.Filter):
+    """One line for a client's malformed HTTP instead of aiohttp's traceback.
+
+    aiohttp logs the parser's error with a traceback at ERROR, and the error quotes the start of
+    the offending line: for an over-long request line that is the URL with its ?secret=.
+    Garbage from clients is not a bug in relay, and its content is never logged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else "-"
+            record.msg = "malformed request from %s rejected: %s (HTTP %s)"
+            record.args = (peer, type(exc).__name__, exc.code)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def setup_logging(log_format: str, level: int = logging.INFO) -> BufferedHandler:
     handler = BufferedHandler(_stderr_buffered())
     if log_format == "json":
@@ -85,6 +106,8 @@ def setup_logging(log_format: str, level: int = logging.INFO) -> BufferedHandler
     logging.logMultiprocessing = False
     # aiohttp's access log would duplicate relay's own request lines (and print query secrets).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    server_log.filters[:] = [MalformedRequestFilter()]
     return handler
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Mapping
 
@@ -57,7 +58,13 @@ class Sender:
                 # or send the body somewhere the operator did not configure.
                 allow_redirects=False,
             ) as response:
-                head = await response.content.read(RESPONSE_HEAD_BYTES)
+                # read(n) returns whatever has arrived, which from a slow server is one byte.
+                head = b""
+                while len(head) < RESPONSE_HEAD_BYTES:
+                    piece = await response.content.read(RESPONSE_HEAD_BYTES - len(head))
+                    if not piece:
+                        break
+                    head += piece
                 drained = len(head)
                 while not response.content.at_eof() and drained < _DRAIN_LIMIT:
                     chunk = await response.content.readany()
@@ -95,12 +102,20 @@ class Sender:
 def describe_error(exc: BaseException) -> str:
     """A one-line reason for a failed connection, without the URL's credentials or a traceback."""
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect: {exc.os_error.strerror or exc.os_error}"
+        err = exc.os_error
+        # asyncio words a refused connection "Connect call failed (host, port)"; errno says why.
+        reason = os.strerror(err.errno) if err.errno and err.errno > 0 else err.strerror
+        return f"cannot connect: {reason or err}"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "server disconnected"
     if isinstance(exc, aiohttp.ClientPayloadError):
         return "response body broken off"
     if isinstance(exc, asyncio.IncompleteReadError):
         return "response broken off"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # Its str() ends with url='...', and a destination URL may carry a token in its query.
+        return f"invalid response: {' '.join(exc.message.split())}"[:300]
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "invalid URL"
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:300]

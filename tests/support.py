@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import os
+import signal
 import socket
+import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -64,6 +70,9 @@ class Sink:
     # Per path: a list of (status, headers) answered in order; the last one repeats.
     script: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
     hang: set[str] = field(default_factory=set)
+    # Per path: seconds to wait before answering (a slow but working destination).
+    delay: dict[str, float] = field(default_factory=dict)
+    inflight: int = 0
 
     def url(self, path: str) -> str:
         assert self.server is not None
@@ -78,8 +87,13 @@ class Sink:
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.received.append(Received(request.path, dict(request.headers), body, time.time()))
-        if request.path in self.hang:
-            await asyncio.sleep(3600)
+        self.inflight += 1
+        try:
+            if request.path in self.hang:
+                await asyncio.sleep(3600)
+            await asyncio.sleep(self.delay.get(request.path, 0.0))
+        finally:
+            self.inflight -= 1
         answers = self.script.get(request.path)
         status, headers = (200, {})
         if answers:
@@ -98,15 +112,8 @@ async def sink() -> AsyncIterator[Sink]:
     await s.server.close()
 
 
-def config_text(
-    db: Path,
-    destinations: str = "",
-    inbounds: str | None = None,
-    extra: str = "",
-    port: int = 0,
-) -> str:
-    if inbounds is None:
-        inbounds = """
+# Two audience inbounds, one per source, both with the URL secret "s3cret".
+AUDIENCE_INBOUNDS = """
 [[inbound]]
 name = "audience-user"
 path = "/hooks/user"
@@ -121,11 +128,25 @@ kind = "mailchimp"
 secret = "s3cret"
 source = "admin"
 """
+
+
+def config_text(
+    db: Path,
+    destinations: str = "",
+    inbounds: str | None = None,
+    extra: str = "",
+    port: int = 0,
+    max_body_bytes: int = 65536,
+    server_extra: str = "",
+) -> str:
+    if inbounds is None:
+        inbounds = AUDIENCE_INBOUNDS
     return f"""
 [server]
 listen = "127.0.0.1:{port or 8080}"
-max_body_bytes = 65536
+max_body_bytes = {max_body_bytes}
 shutdown_grace = 2.0
+{server_extra}
 
 [storage]
 url = "sqlite:///{db}"
@@ -196,7 +217,9 @@ class RelayUnderTest:
         assert self.session is not None
         url = self.url(path) + (f"?{query}" if query else "")
         all_headers = {"Content-Type": content_type, **(headers or {})}
-        async with self.session.post(url, data=body, headers=all_headers) as response:
+        # aiohttp warns that large bytes bodies block the loop; a file-like body streams.
+        data = io.BytesIO(body) if len(body) > 512 * 1024 else body
+        async with self.session.post(url, data=data, headers=all_headers) as response:
             return response.status, await response.text()
 
     async def stop(self) -> None:
@@ -226,3 +249,111 @@ async def start_relay() -> AsyncIterator[RelayFactory]:
 
 def sample(name: str) -> bytes:
     return (SAMPLES / name).read_bytes()
+
+
+class RelayProcess:
+    """A real ``relay serve`` process, started from a config file, its output kept in ``log``."""
+
+    def __init__(
+        self, config: Path, port: int, log: Path, env: dict[str, str] | None = None
+    ) -> None:
+        self.config, self.port, self.log = config, port, log
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def start(self) -> None:
+        env = {**os.environ, **self.env} if self.env is not None else None
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "relay", "serve", "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+
+        async def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                pytest.fail(f"relay exited with {self.proc.returncode}: {self.log.read_text()}")
+            try:
+                async with aiohttp.ClientSession() as s, s.get(self.url("/readyz")) as r:
+                    return r.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await wait_until(ready, timeout=20, what="relay to become ready")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def ensure_stopped(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@dataclass
+class Load:
+    """Concurrent clients posting unique webhooks until stopped; remembers what got a 200.
+
+    Bodies alternate between the ``bodies`` templates; each carries a unique id in place of
+    ``marker`` so that every stored or delivered copy can be traced to one request.
+    """
+
+    port: int
+    clients: int = 8
+    bodies: tuple[bytes, ...] = ()
+    marker: bytes = b"8a25ff1d98"
+    path: str = "/hooks/user?secret=s3cret"
+    acked: list[bytes] = field(default_factory=list)
+    sent: int = 0
+    unanswered: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        templates = self.bodies or (sample("mc_doc_subscribe.txt"),)
+
+        async def client(n: int) -> None:
+            async with aiohttp.ClientSession() as session:
+                while not stop.is_set():
+                    self.sent += 1
+                    template = templates[self.sent % len(templates)]
+                    body = template.replace(self.marker, f"c{n}-{self.sent:08d}".encode())
+                    try:
+                        async with session.post(
+                            f"http://127.0.0.1:{self.port}{self.path}",
+                            data=body,
+                            headers={"Content-Type": FORM},
+                        ) as r:
+                            self.statuses[r.status] = self.statuses.get(r.status, 0) + 1
+                            if r.status == 200:
+                                self.acked.append(body)
+                    except (aiohttp.ClientError, ConnectionError):
+                        self.unanswered += 1
+                        await asyncio.sleep(0.01)
+
+        await asyncio.gather(*(client(i) for i in range(self.clients)))
+
+
+def stored_bodies(db: Path) -> list[bytes]:
+    with sqlite3.connect(db) as conn:
+        return [bytes(r[0]) for r in conn.execute("SELECT body FROM requests")]
+
+
+def delivery_states(db: Path) -> dict[str, int]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT state, count(*) FROM deliveries GROUP BY state").fetchall()
+    return {str(state): int(n) for state, n in rows}
+
+
+def unfinished(db: Path) -> int:
+    states = delivery_states(db)
+    return states.get("pending", 0) + states.get("delivering", 0)

@@ -113,6 +113,9 @@ def test_missing_environment_variable_names_key_and_variable() -> None:
             "server.listen: must be host:port with a port from 1 to 65535",
         ),
         ("[server]\nmax_body_bytes = -1", "server.max_body_bytes: must be greater than 0"),
+        ("[server]\nread_timeout = 0", "server.read_timeout: must be greater than 0"),
+        ("[storage]\nmax_size_mb = 0", "storage.max_size_mb: must be greater than 0"),
+        ('[storage]\nmax_size_mb = "1GB"', "storage.max_size_mb: must be a number"),
         (
             '[storage]\nurl = "mysql://x"',
             "storage.url: must be sqlite:///PATH (sqlite:////abs/path for an absolute path) or postgresql://...",

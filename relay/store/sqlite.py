@@ -133,6 +133,11 @@ class SqliteStore(Store):
         try:
             for pragma in _pragmas(self.config):
                 conn.execute(pragma)
+            if self.config.max_size_mb is not None:
+                # A cap refuses new webhooks (503, Mailchimp retries) before the disk fills.
+                page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+                pages = int(self.config.max_size_mb * 1024 * 1024) // page_size
+                conn.execute(f"PRAGMA max_page_count={max(1, pages)}")
             migrate(conn)
             rows = conn.execute("SELECT name FROM destination_state WHERE paused = 1")
             self._paused = frozenset(r[0] for r in rows)

@@ -25,6 +25,7 @@ from relay.model import (
     RawRequest,
 )
 
+PING_HEADROOM = 16 * 1024
 # Bound on parameters per IN (...) query; SQLite allows 32766 but short lists plan better.
 IN_CHUNK = 500
 
@@ -145,6 +146,13 @@ def apply_batch(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('heartbeat', ?)",
                     (str(time.time()),),
                 )
+                # A full database still rewrites the heartbeat in place: prove there is room
+                # for new rows too, or /readyz says ready while ingest answers 503.
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('headroom', zeroblob(?))",
+                    (PING_HEADROOM,),
+                )
+                conn.execute("DELETE FROM meta WHERE key = 'headroom'")
             elif isinstance(op, CallOp):
                 outcome.results[i] = op.fn(conn)
         conn.execute("COMMIT")

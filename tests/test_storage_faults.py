@@ -1,0 +1,121 @@
+"""Storage that stops taking writes: locked by another process, or full (the [storage]
+max_size_mb cap). Ingest answers 503 and never 200 for what it did not store, /readyz says why,
+and both recover by themselves once storage does; everything acknowledged is delivered.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+
+from tests.support import (
+    RelayFactory,
+    RelayUnderTest,
+    Sink,
+    config_text,
+    destination,
+    sample,
+    stored_bodies,
+    unfinished,
+    wait_until,
+)
+
+BODY = sample("mc_doc_subscribe.txt")
+
+
+def unique_bodies(size: int = 0) -> Iterator[bytes]:
+    n = 0
+    while True:
+        n += 1
+        body = BODY.replace(b"8a25ff1d98", f"{n:010d}".encode())
+        yield body + b"&data%5Bpad%5D=" + b"p" * size if size else body
+
+
+async def readyz(relay: RelayUnderTest) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as s, s.get(relay.url("/readyz")) as r:
+        return r.status, await r.text()
+
+
+async def ready_is(relay: RelayUnderTest, status: int) -> None:
+    async def check() -> bool:
+        return (await readyz(relay))[0] == status
+
+    # /readyz trusts a successful write for READY_FRESHNESS (5 s) before writing again.
+    await wait_until(check, timeout=10, what=f"/readyz to answer {status}")
+
+
+async def test_locked_database_answers_503_reports_unready_and_recovers(
+    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+) -> None:
+    db = tmp_path / "relay.db"
+    relay = await start_relay(config_text(db, destination("crm", sink.url("/crm"))))
+    bodies = unique_bodies()
+    acked = []
+    first = next(bodies)
+    assert (await relay.post("/hooks/user", first))[0] == 200
+    acked.append(first)
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        for _ in range(5):
+            status, text = await relay.post("/hooks/user", next(bodies))
+            assert (status, text) == (
+                503,
+                "storage unavailable, retry later (database is locked)\n",
+            )
+        await ready_is(relay, 503)
+        assert (await readyz(relay))[1] == "storage is not writable: database is locked\n"
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    await ready_is(relay, 200)
+    again = next(bodies)
+    assert (await relay.post("/hooks/user", again))[0] == 200
+    acked.append(again)
+    assert stored_bodies(db) == acked
+    await wait_until(lambda: {r.body for r in sink.at("/crm")} == set(acked))
+
+
+async def test_full_database_answers_503_never_200_and_recovers_when_space_is_freed(
+    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+) -> None:
+    db = tmp_path / "relay.db"
+    relay = await start_relay(
+        config_text(db, destination("crm", sink.url("/crm")), extra="max_size_mb = 1")
+    )
+    # Ballast that the "operator" will delete later to free space (as a retention purge would).
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO meta (key, value) VALUES ('ballast', zeroblob(300000))")
+    bodies = unique_bodies(size=6000)
+    acked: list[bytes] = []
+    refused: list[bytes] = []
+    while len(refused) < 3:
+        body = next(bodies)
+        status, text = await relay.post("/hooks/user", body)
+        assert status in (200, 503), (status, text)
+        if status == 200:
+            assert not refused, "a 200 after the database was full, before space was freed"
+            acked.append(body)
+        else:
+            assert text == "storage unavailable, retry later (database or disk is full)\n"
+            refused.append(body)
+        assert len(acked) < 500, "the cap never took effect"
+    assert db.stat().st_size <= 1024 * 1024 + 4096
+    await ready_is(relay, 503)
+    assert "storage is not writable: database or disk is full" in (await readyz(relay))[1]
+    assert sorted(stored_bodies(db)) == sorted(acked)
+
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM meta WHERE key = 'ballast'")
+    await ready_is(relay, 200)
+    retried = refused[0]  # Mailchimp retries what got a 503
+    assert (await relay.post("/hooks/user", retried))[0] == 200
+    acked.append(retried)
+    assert sorted(stored_bodies(db)) == sorted(acked)
+    # Attempts that could not be recorded while full are repeated; nothing acknowledged is lost.
+    await wait_until(lambda: unfinished(db) == 0, timeout=20, what="every delivery to finish")
+    assert set(acked) <= {r.body for r in sink.at("/crm")}
+    print(f"\n[full] acknowledged={len(acked)} refused_with_503={len(refused)} lost=0")
