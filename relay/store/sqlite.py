@@ -35,6 +35,7 @@ from relay.model import (
     RawRequest,
 )
 from relay.store.base import DestinationStats, Store, StoreError
+from relay.store.sqlite_admin import SqliteAdminMixin
 
 log = logging.getLogger("relay.store")
 
@@ -141,7 +142,7 @@ def sqlite_path(url: str) -> str:
     return url.removeprefix("sqlite:///")
 
 
-class SqliteStore(Store):
+class SqliteStore(SqliteAdminMixin, Store):
     """SQLite backend. One writer connection (group commit) and one reader connection."""
 
     def __init__(self, config: StorageConfig) -> None:
