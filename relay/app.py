@@ -12,7 +12,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from relay.admin import Admin, admin_middleware
 from relay.config import Settings
+from relay.control import Control
 from relay.delivery import Dispatcher
 from relay.ingest import Ingest
 from relay.metrics import Metrics
@@ -42,6 +44,7 @@ class Relay:
         self.metrics = metrics
         self.sender = Sender()
         self.dispatcher = Dispatcher(settings.destinations, store, self.sender, metrics, on_fatal)
+        self.control = Control(settings, store, metrics, on_fatal)
         self._last_write_ok = 0.0
 
     async def ready(self) -> tuple[bool, str]:
@@ -84,7 +87,10 @@ def create_app(
     registry: CollectorRegistry | None = None,
 ) -> web.Application:
     """The whole relay as one aiohttp Application; its startup opens storage and starts workers."""
-    app = web.Application(client_max_size=settings.server.max_body_bytes)
+    app = web.Application(
+        client_max_size=settings.server.max_body_bytes,
+        middlewares=[admin_middleware(settings.admin.token)],
+    )
     journey_types = frozenset(i.event_type for i in settings.inbounds if i.event_type)
     metrics = Metrics(registry, journey_types=journey_types)
     the_store = store if store is not None else create_store(settings.storage)
@@ -93,6 +99,7 @@ def create_app(
     app[RELAY_KEY] = relay
 
     app.router.add_routes(Ingest(settings, the_store, metrics).routes())
+    app.router.add_routes(Admin(settings, the_store, relay.control).routes())
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
@@ -106,6 +113,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await relay.store.open()
     await relay.sender.start()
     relay.dispatcher.start()
+    await relay.control.start()
     stats_task = asyncio.create_task(_stats_loop(relay), name="relay-stats")
     log.info("relay started: %s", relay.settings.summary())
     try:
@@ -114,6 +122,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         stats_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await stats_task
+        await relay.control.stop()
         await relay.dispatcher.stop(relay.settings.server.shutdown_grace)
         await relay.sender.close()
         await relay.store.close()
