@@ -52,7 +52,10 @@ class Relay:
             return False, "delivery workers are not running"
         if time.monotonic() - self._last_write_ok > READY_FRESHNESS:
             try:
-                await asyncio.wait_for(self.store.ping(), timeout=PING_TIMEOUT)
+                # Not wait_for: on 3.11 it swallows a cancel that lands as the ping completes,
+                # which left the stats loop running after shutdown cancelled it.
+                async with asyncio.timeout(PING_TIMEOUT):
+                    await self.store.ping()
             except (StoreError, TimeoutError) as exc:
                 return False, f"storage is not writable: {exc or 'timed out'}"
             self._last_write_ok = time.monotonic()
