@@ -18,6 +18,7 @@ from aiohttp import web
 
 from relay import __version__
 from relay.app import FATAL_KEY, create_app
+from relay.cli_admin import add_admin_commands
 from relay.config import ConfigError, Settings, load_config
 from relay.logs import setup_logging
 from relay.store import StoreError
@@ -125,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
     check.set_defaults(func=cmd_check_config)
+
+    add_admin_commands(sub)
     return parser
 
 

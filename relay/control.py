@@ -87,6 +87,7 @@ class Control:
         self.metrics = metrics
         self.inline_limit = INLINE_LIMIT
         self.walk_batch = WALK_BATCH
+        self.feed = FEED
         self._on_fatal = on_fatal
         self._replays: dict[int, asyncio.Task[None]] = {}
         self._retention: asyncio.Task[None] | None = None
@@ -253,8 +254,8 @@ class Control:
         async def feed(events: int, pairs: list[tuple[str, str]]) -> None:
             if not pairs:
                 await self._create(replay_id, [], events)
-            for start in range(0, len(pairs), FEED):
-                chunk = pairs[start : start + FEED]
+            for start in range(0, len(pairs), self.feed):
+                chunk = pairs[start : start + self.feed]
                 await self._wait_for_room(replay_id, {name for _, name in chunk})
                 await self._create(replay_id, chunk, events if start == 0 else 0)
 
@@ -277,7 +278,7 @@ class Control:
     def window(self, destination: str) -> int:
         config = self.settings.destination(destination)
         concurrency = config.concurrency if config is not None else 1
-        return max(FEED, WINDOW_PER_SLOT * concurrency)
+        return max(self.feed, WINDOW_PER_SLOT * concurrency)
 
     async def _wait_for_room(self, replay_id: int, destinations: set[str]) -> None:
         # Polled: attempts finishing do not signal anything, and a few reads a second are cheap.
