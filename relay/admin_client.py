@@ -8,6 +8,7 @@ Every failure becomes an AdminError whose message is the one line the CLI prints
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
@@ -74,7 +75,8 @@ class AdminClient:
                 raw = await response.read()
                 status = response.status
         except aiohttp.ClientConnectorError as exc:
-            reason = exc.os_error.strerror or str(exc.os_error)
+            code = exc.os_error.errno
+            reason = os.strerror(code) if code else str(exc.os_error)
             raise AdminError(f"cannot reach {self.url}: {reason.lower()}") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise AdminError(f"cannot reach {self.url}: {exc or type(exc).__name__}") from None
