@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from relay import mailchimp
-from relay.config import DestinationConfig, InboundConfig, Settings
+from relay.config import DestinationConfig, Settings
 from relay.model import EventRecord, InboundKind, ReplayCandidate
 from relay.routing import EventFacts, route
 
@@ -44,11 +44,14 @@ def needs_payload(destinations: Sequence[DestinationConfig]) -> bool:
     return any(d.match for d in destinations)
 
 
-def _inbound(settings: Settings, name: str) -> InboundConfig | None:
-    return next((i for i in settings.inbounds if i.name == name), None)
+def inbound_kind(settings: Settings, inbound: str) -> InboundKind | None:
+    """The kind of a configured inbound; None when it has since been removed from the config."""
+    found = next((i for i in settings.inbounds if i.name == inbound), None)
+    return found.kind if found is not None else None
 
 
-def facts(settings: Settings, event: EventRecord, data: Any) -> EventFacts:
+def facts(event: EventRecord, data: Any) -> EventFacts:
+    """The routing facts of a stored event, shaped as ingest shapes them for new ones."""
     fields = {
         "type": event.type,
         "source": event.source,
@@ -64,13 +67,6 @@ def targets(settings: Settings, candidate: ReplayCandidate) -> tuple[str, ...]:
     """The destinations whose filters accept this stored event today."""
     data: Any = {}
     if candidate.payload is not None:
-        inbound = _inbound(settings, candidate.event.inbound)
-        kind = inbound.kind if inbound is not None else None
+        kind = inbound_kind(settings, candidate.event.inbound)
         data = parsed_data(kind, candidate.payload, candidate.content_type)
-    return route(settings.destinations, facts(settings, candidate.event, data))
-
-
-def inbound_kind(settings: Settings, inbound: str) -> InboundKind | None:
-    """The kind of a configured inbound; None when it has since been removed from the config."""
-    found = _inbound(settings, inbound)
-    return found.kind if found is not None else None
+    return route(settings.destinations, facts(candidate.event, data))

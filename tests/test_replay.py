@@ -268,3 +268,20 @@ async def test_retention_prunes_finished_events_in_the_background(
     await wait_until(lambda: len(sink.at("/crm")) == 1)
     await wait_until(lambda: _rows(db, "SELECT count(*) FROM events") == [(0,)], what="retention to prune")
     assert _rows(db, "SELECT count(*) FROM requests") == [(0,)]
+
+
+def test_routing_a_stored_event_parses_its_body_only_for_match_conditions() -> None:
+    from relay.config import Condition, DestinationConfig, parse_config
+    from relay.model import EventRecord, ReplayCandidate
+    from relay.replay import needs_payload, targets
+
+    settings = parse_config(config_text(Path("/tmp/unused.db")), {})
+    vip = DestinationConfig("vip", "http://x/vip", match=(Condition("data.email", equals="ann@example.com"),))
+    subs = DestinationConfig("subs", "http://x/subs", types=("subscribe",))
+    settings = type(settings)(settings.server, settings.storage, settings.admin, settings.inbounds, (vip, subs))
+    event = EventRecord("01J", "r", "audience-user", "user", "subscribe", 0.0, None, None, "ann@example.com", None, None, None)
+    assert needs_payload(settings.destinations)
+    with_body = ReplayCandidate(event, subscribe_body("ann@example.com"), "application/x-www-form-urlencoded")
+    assert targets(settings, with_body) == ("vip", "subs")
+    other = ReplayCandidate(event, subscribe_body("bob@example.com"), "application/x-www-form-urlencoded")
+    assert targets(settings, other) == ("subs",)
