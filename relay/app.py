@@ -12,7 +12,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from relay.admin import Admin, admin_middleware
 from relay.config import Settings
+from relay.control import Control
 from relay.delivery import Dispatcher
 from relay.ingest import Ingest
 from relay.logs import FLUSH_INTERVAL, flush_logs
@@ -46,6 +48,7 @@ class Relay:
         self.dispatcher = Dispatcher(
             settings.destinations, store, self.sender, metrics, on_fatal, kinds
         )
+        self.control = Control(settings, store, metrics, on_fatal)
         self._last_write_ok = 0.0
 
     async def ready(self) -> tuple[bool, str]:
@@ -91,7 +94,10 @@ def create_app(
     registry: CollectorRegistry | None = None,
 ) -> web.Application:
     """The whole relay as one aiohttp Application; its startup opens storage and starts workers."""
-    app = web.Application(client_max_size=settings.server.max_body_bytes)
+    app = web.Application(
+        client_max_size=settings.server.max_body_bytes,
+        middlewares=[admin_middleware(settings.admin.token)],
+    )
     journey_types = frozenset(i.event_type for i in settings.inbounds if i.event_type)
     metrics = Metrics(registry, journey_types=journey_types)
     the_store = (
@@ -102,6 +108,7 @@ def create_app(
     app[RELAY_KEY] = relay
 
     app.router.add_routes(Ingest(settings, the_store, metrics).routes())
+    app.router.add_routes(Admin(settings, the_store, relay.control).routes())
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
@@ -119,6 +126,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(_stats_loop(relay), name="relay-stats"),
         asyncio.create_task(_flush_loop(), name="relay-log-flush"),
     ]
+    await relay.control.start()
     log.info("relay started: %s", relay.settings.summary())
     try:
         yield
@@ -126,6 +134,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         for task in side_tasks:
             task.cancel()
         await asyncio.gather(*side_tasks, return_exceptions=True)
+        await relay.control.stop()
         await relay.dispatcher.stop(relay.settings.server.shutdown_grace)
         await relay.sender.close()
         await relay.store.close()

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from relay import __version__
 from relay.app import FATAL_KEY, create_app
+from relay.cli_admin import add_admin_commands
 from relay.config import ConfigError, Settings, load_config
 from relay.logs import flush_logs, setup_logging
 from relay.store import StoreError
@@ -160,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     sink.add_argument("--listen", default="127.0.0.1:9000", metavar="HOST:PORT")
     sink.add_argument("--status", type=int, default=200, help="status code to answer with")
     sink.set_defaults(func=cmd_sink)
+
+    add_admin_commands(sub)
     return parser
 
 

@@ -198,3 +198,106 @@ class EventDetail:
     payload: bytes
     payload_content_type: str
     deliveries: tuple[DeliveryRecord, ...]
+
+
+# -- operator control: filters, pages, replays and retention (the admin API's values) ----------
+
+
+class ReplayState(enum.StrEnum):
+    """Where a replay stands; ``interrupted`` means relay stopped before it finished."""
+
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which stored events an operator means; unset fields match everything.
+
+    ``state`` (and ``destination``) select events with at least one delivery in that state (to
+    that destination); ``since`` is inclusive and ``until`` exclusive, in Unix seconds.
+    """
+
+    inbound: str | None = None
+    type: str | None = None
+    source: str | None = None
+    list_id: str | None = None
+    email: str | None = None
+    state: DeliveryState | None = None
+    destination: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    """Events newest first; ``next_cursor`` is the last id returned when more may follow."""
+
+    events: tuple[EventRecord, ...]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryListing:
+    """A delivery with the event facts an operator needs to recognise it in a list."""
+
+    delivery: DeliveryRecord
+    inbound: str
+    source: str
+    type: str
+    email: str | None
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPage:
+    deliveries: tuple[DeliveryListing, ...]
+    next_cursor: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayCandidate:
+    """A stored event a replay may resend; the bytes only when routing needs to parse them."""
+
+    event: EventRecord
+    payload: bytes | None = None
+    content_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewReplay:
+    requested_by: str
+    filter: str  # JSON, as the operator sent it (normalised)
+    destinations: tuple[str, ...]  # empty = "the destinations whose filters match today"
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedDelivery:
+    id: int
+    event_id: str
+    destination: str
+    state: DeliveryState
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRecord:
+    id: int
+    requested_by: str
+    requested_at: float
+    filter: str
+    destinations: tuple[str, ...]
+    total: int | None
+    matched: int
+    created: int
+    state: ReplayState
+    finished_at: float | None
+    per_destination: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    deleted_events: int = 0
+    deleted_requests: int = 0

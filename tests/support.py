@@ -357,3 +357,50 @@ def delivery_states(db: Path) -> dict[str, int]:
 def unfinished(db: Path) -> int:
     states = delivery_states(db)
     return states.get("pending", 0) + states.get("delivering", 0)
+
+
+# -- admin API helpers (operator control tests) -----------------------------------------------
+
+ADMIN_TOKEN = "adm1n-t0ken"
+ADMIN_TABLE = f'[admin]\ntoken = "{ADMIN_TOKEN}"\n'
+
+
+async def admin_call(
+    relay: RelayUnderTest,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    token: str | None = ADMIN_TOKEN,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    """Call the relay's admin API; the status and the decoded JSON answer."""
+    import orjson  # imported here so this section stays an append-only addition
+
+    assert relay.session is not None
+    all_headers = dict(headers or {})
+    if token is not None:
+        all_headers["Authorization"] = f"Bearer {token}"
+    data = orjson.dumps(body) if body is not None else None
+    async with relay.session.request(
+        method, relay.url(path), data=data, headers=all_headers
+    ) as response:
+        raw = await response.read()
+        assert response.content_type == "application/json", raw
+        return response.status, orjson.loads(raw)
+
+
+def subscribe_body(email: str, list_id: str = "a6b5da1054", kind: str = "subscribe") -> bytes:
+    """An audience webhook body like Mailchimp's, for one address."""
+    from urllib.parse import urlencode
+
+    return urlencode(
+        {
+            "type": kind,
+            "fired_at": "2026-11-02 10:00:00",
+            "data[id]": email.split("@")[0],
+            "data[email]": email,
+            "data[list_id]": list_id,
+            "data[merges][EMAIL]": email,
+        }
+    ).encode()

@@ -9,10 +9,20 @@ from dataclasses import dataclass
 from relay.model import (
     AttemptResult,
     ClaimedDelivery,
+    CreatedDelivery,
     Decision,
+    DeliveryPage,
+    DeliveryState,
     EventDetail,
+    EventFilter,
+    EventPage,
     NewEvent,
+    NewReplay,
+    PruneResult,
     RawRequest,
+    ReplayCandidate,
+    ReplayRecord,
+    ReplayState,
 )
 
 # Called after a commit that made deliveries due now, with the names of their destinations.
@@ -99,3 +109,82 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def get_event(self, event_id: str) -> EventDetail | None:
         """One event with its raw request, deliveries and attempts; None if unknown."""
+
+    # -- operator control (admin API): listing, replays, pause, retention ---------------------
+    # Reads may run on a separate connection; every write is its own short transaction so that
+    # bulk work (a 100,000-event replay, a prune) never holds the writer for long.
+
+    @abc.abstractmethod
+    async def list_events(
+        self, where: EventFilter, limit: int, before: str | None = None
+    ) -> EventPage:
+        """Matching events newest first, starting below event id ``before``."""
+
+    @abc.abstractmethod
+    async def count_events(self, where: EventFilter) -> int:
+        """How many stored events match."""
+
+    @abc.abstractmethod
+    async def replay_candidates(
+        self, where: EventFilter, after: str | None, limit: int, with_payload: bool
+    ) -> list[ReplayCandidate]:
+        """Matching events oldest first, above event id ``after``; bytes only if asked."""
+
+    @abc.abstractmethod
+    async def start_replay(self, replay: NewReplay, now: float) -> int:
+        """Record a replay request (state running) and return its id."""
+
+    @abc.abstractmethod
+    async def add_replay_deliveries(
+        self, replay_id: int, pairs: Sequence[tuple[str, str]], matched: int, now: float
+    ) -> list[CreatedDelivery]:
+        """Create one new delivery per (event id, destination), due now, and count progress.
+
+        Deliveries for a paused destination are created paused. Wakes the workers after commit.
+        """
+
+    @abc.abstractmethod
+    async def finish_replay(self, replay_id: int, state: ReplayState, now: float) -> None:
+        """Mark a replay done (or failed or interrupted)."""
+
+    @abc.abstractmethod
+    async def interrupt_running_replays(self, now: float) -> int:
+        """Mark replays left running by a stopped process as interrupted; how many."""
+
+    @abc.abstractmethod
+    async def get_replay(self, replay_id: int) -> ReplayRecord | None:
+        """One replay with its progress and deliveries created per destination."""
+
+    @abc.abstractmethod
+    async def replay_backlog(self, replay_id: int, destination: str) -> int:
+        """Deliveries of this replay to ``destination`` still waiting or in flight."""
+
+    @abc.abstractmethod
+    async def list_deliveries(
+        self,
+        state: DeliveryState | None,
+        destination: str | None,
+        limit: int,
+        before: int | None = None,
+    ) -> DeliveryPage:
+        """Deliveries newest first (by id), below delivery id ``before``."""
+
+    @abc.abstractmethod
+    async def paused_destinations(self) -> frozenset[str]:
+        """Names of destinations currently paused."""
+
+    @abc.abstractmethod
+    async def pause_destination(self, name: str, now: float) -> int:
+        """Pause a destination: hold its pending deliveries as paused; how many were held."""
+
+    @abc.abstractmethod
+    async def resume_destination(self, name: str, now: float) -> int:
+        """Resume a destination: its paused deliveries become due now; how many."""
+
+    @abc.abstractmethod
+    async def prune(self, cutoff: float, batch: int = 500) -> PruneResult:
+        """Delete events received before ``cutoff`` whose deliveries are all finished.
+
+        Works in transactions of ``batch`` events; an event with a pending, delivering or paused
+        delivery is never deleted. A request goes once none of its events is left.
+        """

@@ -33,6 +33,7 @@ from relay.model import (
     RawRequest,
 )
 from relay.store.base import DestinationStats, Store, StoreError
+from relay.store.sqlite_admin import SqliteAdminMixin
 from relay.store.sqlite_batch import (
     CallOp,
     ClaimOp,
@@ -84,7 +85,7 @@ def _pragmas(config: StorageConfig) -> list[str]:
     ]
 
 
-class SqliteStore(Store):
+class SqliteStore(SqliteAdminMixin, Store):
     """SQLite backend. One writer connection on its own thread, one aiosqlite reader."""
 
     def __init__(self, config: StorageConfig, dedup_window: float = 86400.0) -> None:

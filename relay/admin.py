@@ -1,0 +1,284 @@
+"""The admin API under /admin: find events, see what happened to them, replay, pause, prune.
+
+Every /admin request needs ``Authorization: Bearer TOKEN`` matching ``[admin] token``; without a
+configured token every call is 401. Answers are JSON; errors are ``{"error": "one line"}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from relay.admin_json import (
+    BadRequestError,
+    delivery_json,
+    event_json,
+    filter_json,
+    listing_json,
+    parse_filter,
+    parse_limit,
+    parse_names,
+    parse_object,
+    replay_json,
+    request_json,
+)
+from relay.config import Settings, redact_url
+from relay.control import Control, ReplayRequest, UnknownDestinationError
+from relay.model import DeliveryState, ReplayState
+from relay.replay import inbound_kind, parsed_view
+from relay.store import Store, StoreError
+
+log = logging.getLogger("relay.admin")
+
+PREFIX = "/admin"
+DEFAULT_OPERATOR = "admin-api"
+OPERATOR_HEADER = "X-Relay-Operator"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
+
+
+def error(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:
+    response = json_response({"error": reason}, status)
+    response.headers.update(headers or {})
+    return response
+
+
+def auth_problem(token: str | None, authorization: str | None) -> str | None:
+    """Why a request may not use the admin API, or None when its bearer token is right."""
+    if not token:
+        return "admin API disabled: no [admin] token configured"
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return "missing bearer token"
+    # Compared as bytes in constant time, so response timing does not reveal a prefix.
+    if not hmac.compare_digest(given.strip().encode("utf-8"), token.encode("utf-8")):
+        return "invalid admin token"
+    return None
+
+
+def admin_middleware(token: str | None) -> Any:
+    """Auth for every /admin path (known or not), and JSON for every error it answers."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path != PREFIX and not request.path.startswith(PREFIX + "/"):
+            return await handler(request)
+        problem = auth_problem(token, request.headers.get("Authorization"))
+        if problem is not None:
+            return error(401, problem, {"WWW-Authenticate": 'Bearer realm="relay admin"'})
+        try:
+            return await handler(request)
+        except BadRequestError as exc:
+            return error(400, str(exc))
+        except UnknownDestinationError as exc:
+            return error(404, str(exc))
+        except StoreError as exc:
+            return error(503, f"storage unavailable: {exc}")
+        except web.HTTPMethodNotAllowed:
+            return error(405, f"method {request.method} not allowed on {request.path}")
+        except web.HTTPNotFound:
+            return error(404, f"no admin route {request.path}")
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return error(exc.status, exc.reason)
+
+    return middleware
+
+
+class Admin:
+    """The /admin handlers of one relay."""
+
+    def __init__(self, settings: Settings, store: Store, control: Control) -> None:
+        self.settings = settings
+        self.store = store
+        self.control = control
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get(PREFIX + "/events", self.list_events, allow_head=False),
+            web.get(PREFIX + "/events/{id}", self.show_event, allow_head=False),
+            web.post(PREFIX + "/events/{id}/replay", self.replay_event),
+            web.post(PREFIX + "/replay", self.replay),
+            web.get(PREFIX + "/replays/{id}", self.show_replay, allow_head=False),
+            web.get(PREFIX + "/deliveries", self.list_deliveries, allow_head=False),
+            web.get(PREFIX + "/destinations", self.list_destinations, allow_head=False),
+            web.post(PREFIX + "/destinations/{name}/pause", self.pause),
+            web.post(PREFIX + "/destinations/{name}/resume", self.resume),
+            web.post(PREFIX + "/prune", self.prune),
+        ]
+
+    async def list_events(self, request: web.Request) -> web.Response:
+        query = request.query
+        where = parse_filter(query, ignore=frozenset({"limit", "cursor"}))
+        page = await self.store.list_events(
+            where, parse_limit(query.get("limit")), query.get("cursor") or None
+        )
+        return json_response(
+            {"events": [event_json(e) for e in page.events], "next_cursor": page.next_cursor}
+        )
+
+    async def show_event(self, request: web.Request) -> web.Response:
+        event_id = request.match_info["id"]
+        detail = await self.store.get_event(event_id)
+        if detail is None:
+            return error(404, f"unknown event: {event_id}")
+        kind = inbound_kind(self.settings, detail.event.inbound)
+        out = event_json(detail.event)
+        out["request"] = request_json(detail.request)
+        out["kind"] = kind.value if kind is not None else None
+        out["parsed"] = parsed_view(kind, detail.payload, detail.payload_content_type)
+        if detail.payload != detail.request.body:
+            out["payload_b64"] = base64.b64encode(detail.payload).decode("ascii")
+            out["payload_content_type"] = detail.payload_content_type
+        out["deliveries"] = [delivery_json(d, with_attempts=True) for d in detail.deliveries]
+        return json_response(out)
+
+    async def replay_event(self, request: web.Request) -> web.Response:
+        body = parse_object(await request.read())
+        outcome = await self.control.replay_event(
+            request.match_info["id"], parse_names(body.get("destinations")), _operator(request)
+        )
+        if outcome is None:
+            return error(404, f"unknown event: {request.match_info['id']}")
+        return json_response(
+            {
+                "replay_id": outcome.replay_id,
+                "deliveries": [
+                    {"id": c.id, "destination": c.destination, "state": c.state.value}
+                    for c in outcome.created
+                ],
+            }
+        )
+
+    async def replay(self, request: web.Request) -> web.Response:
+        body = parse_object(await request.read())
+        unknown = set(body) - {"filter", "destinations", "dry_run"}
+        if unknown:
+            raise BadRequestError(f"unknown key {sorted(unknown)[0]!r}")
+        raw_filter = body.get("filter", {})
+        if not isinstance(raw_filter, dict):
+            raise BadRequestError("filter: expected a JSON object")
+        dry_run = body.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise BadRequestError("dry_run: expected true or false")
+        where = parse_filter(raw_filter)
+        outcome = await self.control.replay(
+            ReplayRequest(
+                where=where,
+                destinations=parse_names(body.get("destinations")),
+                requested_by=_operator(request),
+                filter_json=filter_json(where),
+                dry_run=dry_run,
+            )
+        )
+        running = outcome.state is ReplayState.RUNNING
+        return json_response(
+            {
+                "replay_id": outcome.replay_id,
+                "state": outcome.state.value,
+                "matched": outcome.matched,
+                "deliveries": outcome.deliveries,
+                "per_destination": outcome.per_destination,
+                "dry_run": outcome.dry_run,
+            },
+            status=202 if running else 200,
+        )
+
+    async def show_replay(self, request: web.Request) -> web.Response:
+        text = request.match_info["id"]
+        record = await self.store.get_replay(int(text)) if text.isdigit() else None
+        if record is None:
+            return error(404, f"unknown replay: {text}")
+        return json_response(replay_json(record))
+
+    async def list_deliveries(self, request: web.Request) -> web.Response:
+        query = request.query
+        unknown = set(query) - {"state", "destination", "limit", "cursor"}
+        if unknown:
+            raise BadRequestError(f"unknown parameter {sorted(unknown)[0]!r}")
+        state = parse_filter({"state": query.get("state")}).state
+        cursor = query.get("cursor") or None
+        if cursor is not None and not cursor.isdigit():
+            raise BadRequestError("cursor: expected a delivery id")
+        page = await self.store.list_deliveries(
+            state,
+            query.get("destination") or None,
+            parse_limit(query.get("limit")),
+            int(cursor) if cursor is not None else None,
+        )
+        return json_response(
+            {
+                "deliveries": [listing_json(d) for d in page.deliveries],
+                "next_cursor": str(page.next_cursor) if page.next_cursor is not None else None,
+            }
+        )
+
+    async def list_destinations(self, request: web.Request) -> web.Response:
+        stats = {s.destination: s for s in await self.store.destination_stats()}
+        paused = await self.store.paused_destinations()
+        configured = [d.name for d in self.settings.destinations]
+        out = []
+        for name in configured + sorted(set(stats) - set(configured)):
+            config = self.settings.destination(name)
+            s = stats.get(name)
+            out.append(
+                {
+                    "name": name,
+                    "configured": config is not None,
+                    "url": redact_url(config.url) if config is not None else None,
+                    "paused": name in paused,
+                    "counts": {
+                        state.value: getattr(s, state.value, 0) if s is not None else 0
+                        for state in _COUNTED
+                    },
+                    "oldest_pending_at": s.oldest_pending_at if s is not None else None,
+                }
+            )
+        return json_response({"destinations": out})
+
+    async def pause(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        held = await self.control.pause(name)
+        return json_response({"destination": name, "paused": True, "held": held})
+
+    async def resume(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        released = await self.control.resume(name)
+        return json_response({"destination": name, "paused": False, "released": released})
+
+    async def prune(self, request: web.Request) -> web.Response:
+        body = parse_object(await request.read())
+        days = body.get("older_than_days")
+        if isinstance(days, bool) or not isinstance(days, int | float) or days < 0:
+            raise BadRequestError("older_than_days: expected a number of days, 0 or more")
+        result = await self.control.prune(float(days))
+        return json_response(
+            {
+                "deleted_events": result.deleted_events,
+                "deleted_requests": result.deleted_requests,
+            }
+        )
+
+
+_COUNTED = (
+    DeliveryState.PENDING,
+    DeliveryState.DELIVERING,
+    DeliveryState.PAUSED,
+    DeliveryState.DEAD,
+)
+
+
+def _operator(request: web.Request) -> str:
+    name = request.headers.get(OPERATOR_HEADER, "").strip()
+    return name[:100] if name else DEFAULT_OPERATOR

@@ -1,0 +1,228 @@
+"""The admin API's JSON: reading filters and bodies, and rendering stored records (pure).
+
+Times go out twice: as ISO-8601 UTC strings for people and as ``*_unix`` floats for scripts.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from relay.model import (
+    AttemptRecord,
+    DeliveryListing,
+    DeliveryRecord,
+    DeliveryState,
+    EventFilter,
+    EventRecord,
+    RawRequest,
+    ReplayRecord,
+)
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 1000
+# The query parameter (and replay filter key) for each EventFilter field.
+FILTER_KEYS = {
+    "inbound": "inbound",
+    "type": "type",
+    "source": "source",
+    "list": "list_id",
+    "email": "email",
+    "state": "state",
+    "destination": "destination",
+    "since": "since",
+    "until": "until",
+}
+_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+
+
+class BadRequestError(Exception):
+    """The request cannot be carried out as sent; the message is the one-line reason."""
+
+
+def parse_time(key: str, value: Any) -> float:
+    """Unix seconds, or an ISO-8601 date or date-time (UTC unless it names an offset)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequestError(f"{key}: expected an ISO-8601 time or Unix seconds")
+    text = value.strip()
+    if _NUMBER.fullmatch(text):
+        return float(text)
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise BadRequestError(f"{key}: {text!r} is not an ISO-8601 time or Unix seconds") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def parse_filter(raw: Mapping[str, Any], ignore: frozenset[str] = frozenset()) -> EventFilter:
+    """An EventFilter from query parameters or a replay's ``filter`` object."""
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in ignore:
+            continue
+        field = FILTER_KEYS.get(key)
+        if field is None:
+            known = ", ".join(sorted(FILTER_KEYS))
+            raise BadRequestError(f"unknown filter {key!r} (known: {known})")
+        if value is None or value == "":
+            continue
+        if field in ("since", "until"):
+            values[field] = parse_time(key, value)
+        elif field == "state":
+            try:
+                values[field] = DeliveryState(value)
+            except ValueError:
+                states = ", ".join(s.value for s in DeliveryState)
+                raise BadRequestError(f"state: {value!r} is not one of {states}") from None
+        elif isinstance(value, str):
+            values[field] = value
+        else:
+            raise BadRequestError(f"{key}: expected a string")
+    return EventFilter(**values)
+
+
+def filter_json(where: EventFilter) -> str:
+    """The filter as stored with a replay: only the keys that were set, as the API names them."""
+    out: dict[str, Any] = {}
+    for key, field in FILTER_KEYS.items():
+        value = getattr(where, field)
+        if value is not None:
+            out[key] = iso(value) if field in ("since", "until") else str(value)
+    return orjson.dumps(out).decode()
+
+
+def parse_limit(text: str | None) -> int:
+    if text is None or text == "":
+        return DEFAULT_LIMIT
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+        raise BadRequestError(f"limit: expected a whole number from 1 to {MAX_LIMIT}")
+    return int(text)
+
+
+def parse_object(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        return {}
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequestError("body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise BadRequestError("body must be a JSON object")
+    return value
+
+
+def parse_names(value: Any, key: str = "destinations") -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise BadRequestError(f"{key}: expected a list of destination names")
+    return tuple(dict.fromkeys(value))
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    text = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+def event_json(e: EventRecord) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "received_at": iso(e.received_at),
+        "received_at_unix": e.received_at,
+        "inbound": e.inbound,
+        "type": e.type,
+        "source": e.source,
+        "list_id": e.list_id,
+        "email": e.email,
+        "fired_at": iso(e.fired_at),
+        "fired_at_unix": e.fired_at,
+        "parse_error": e.parse_error,
+        "duplicate_of": e.duplicate_of,
+    }
+
+
+def request_json(r: RawRequest) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "method": r.method,
+        "path": r.path,
+        "query": r.query,
+        "headers": [list(h) for h in r.headers],
+        "content_type": r.content_type,
+        "peer": r.peer,
+        "received_at": iso(r.received_at),
+        "received_at_unix": r.received_at,
+        "body_b64": base64.b64encode(r.body).decode("ascii"),
+    }
+
+
+def attempt_json(a: AttemptRecord) -> dict[str, Any]:
+    return {
+        "number": a.number,
+        "started_at": iso(a.started_at),
+        "started_at_unix": a.started_at,
+        "duration": a.duration,
+        "outcome": a.outcome,
+        "status": a.status,
+        "error": a.error,
+        "response_head": a.response_head.decode("utf-8", "replace"),
+    }
+
+
+def delivery_json(d: DeliveryRecord, with_attempts: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": d.id,
+        "event_id": d.event_id,
+        "destination": d.destination,
+        "state": d.state.value,
+        "attempts": d.attempts,
+        "next_attempt_at": iso(d.next_attempt_at),
+        "created_at": iso(d.created_at),
+        "updated_at": iso(d.updated_at),
+        "delivered_at": iso(d.delivered_at),
+        "last_status": d.last_status,
+        "last_error": d.last_error,
+        "replay_id": d.replay_id,
+    }
+    if with_attempts:
+        out["attempts_log"] = [attempt_json(a) for a in d.attempt_log]
+    return out
+
+
+def listing_json(item: DeliveryListing) -> dict[str, Any]:
+    return {
+        **delivery_json(item.delivery),
+        "inbound": item.inbound,
+        "source": item.source,
+        "type": item.type,
+        "email": item.email,
+        "received_at": iso(item.received_at),
+    }
+
+
+def replay_json(r: ReplayRecord) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "replay_id": r.id,
+        "state": r.state.value,
+        "requested_by": r.requested_by,
+        "requested_at": iso(r.requested_at),
+        "filter": orjson.loads(r.filter),
+        "destinations": list(r.destinations),
+        "total": r.total,
+        "matched": r.matched,
+        "created": r.created,
+        "finished_at": iso(r.finished_at),
+        "per_destination": dict(r.per_destination),
+    }

@@ -1,0 +1,145 @@
+"""How the operator commands print admin API answers: aligned tables, or JSON with ``--json``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+
+def as_json(data: Any) -> str:
+    return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    text = str(value)
+    # One row per line, whatever an error message or an email address contains.
+    return text.replace("\n", " ").replace("\t", " ")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Columns padded to their widest cell; the last column is never padded."""
+    cells = [list(headers)] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        padded = [c.ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)]
+        lines.append("  ".join([*padded, row[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+def _more(answer: dict[str, Any]) -> str:
+    cursor = answer.get("next_cursor")
+    return f"\nmore: add --cursor {cursor}" if cursor else ""
+
+
+def events_table(answer: dict[str, Any]) -> str:
+    rows = [
+        (e["id"], e["received_at"], e["inbound"], e["type"], e["source"], e["email"], e["list_id"])
+        for e in answer["events"]
+    ]
+    if not rows:
+        return "no matching events"
+    headers = ("ID", "RECEIVED", "INBOUND", "TYPE", "SOURCE", "EMAIL", "LIST")
+    return table(headers, rows) + _more(answer)
+
+
+def event_detail(event: dict[str, Any]) -> str:
+    request = event["request"]
+    lines = [
+        f"event      {event['id']}",
+        f"received   {event['received_at']}  from {request['peer'] or '-'}",
+        f"inbound    {event['inbound']} ({event.get('kind') or 'inbound no longer configured'})",
+        f"type       {event['type']}   source {event['source']}",
+        f"email      {_cell(event['email'])}   list {_cell(event['list_id'])}",
+        f"fired_at   {_cell(event['fired_at'])}",
+    ]
+    if event.get("parse_error"):
+        lines.append(f"parse err  {event['parse_error']}")
+    if event.get("duplicate_of"):
+        lines.append(f"duplicate  of {event['duplicate_of']}")
+    query = f"?{request['query']}" if request["query"] else ""
+    lines += [
+        f"request    {request['method']} {request['path']}{query}  ({request['content_type']})",
+        "",
+        "parsed:",
+        as_json(event.get("parsed")),
+        "",
+    ]
+    deliveries = event["deliveries"]
+    if not deliveries:
+        lines.append("no deliveries")
+        return "\n".join(lines)
+    rows = []
+    for d in deliveries:
+        rows.append(
+            (d["id"], d["destination"], d["state"], d["attempts"], d["last_status"],
+             d["replay_id"], d["next_attempt_at"] if d["state"] == "pending" else None,
+             d["last_error"])
+        )  # fmt: skip
+        for a in d["attempts_log"]:
+            rows.append(
+                (f"  #{a['number']}", a["started_at"], a["outcome"], "", a["status"],
+                 "", f"{a['duration'] * 1000:.0f}ms", a["error"])
+            )  # fmt: skip
+    headers = ("DELIVERY", "DESTINATION", "STATE", "TRIES", "STATUS", "REPLAY", "NEXT", "ERROR")
+    lines.append(table(headers, rows))
+    return "\n".join(lines)
+
+
+def deliveries_table(answer: dict[str, Any]) -> str:
+    rows = [
+        (d["id"], d["event_id"], d["destination"], d["state"], d["type"], d["attempts"],
+         d["updated_at"], d["last_error"])
+        for d in answer["deliveries"]
+    ]  # fmt: skip
+    if not rows:
+        return "no matching deliveries"
+    headers = ("ID", "EVENT", "DESTINATION", "STATE", "TYPE", "TRIES", "UPDATED", "LAST ERROR")
+    return table(headers, rows) + _more(answer)
+
+
+def destinations_table(answer: dict[str, Any]) -> str:
+    rows = []
+    for d in answer["destinations"]:
+        counts = d["counts"]
+        rows.append(
+            (d["name"], "paused" if d["paused"] else "active", counts["pending"],
+             counts["delivering"], counts["paused"], counts["dead"],
+             d["url"] if d["configured"] else "(not configured)")
+        )  # fmt: skip
+    headers = ("NAME", "STATE", "PENDING", "DELIVERING", "PAUSED", "DEAD", "URL")
+    return table(headers, rows)
+
+
+def per_destination(counts: dict[str, int] | None) -> str:
+    if not counts:
+        return "none"
+    return ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
+
+
+def replay_summary(answer: dict[str, Any]) -> str:
+    if answer.get("dry_run"):
+        return (
+            f"dry run: {answer['matched']} events match; would create {answer['deliveries']}"
+            f" deliveries ({per_destination(answer.get('per_destination'))})"
+        )
+    created = answer.get("deliveries", answer.get("created"))
+    return (
+        f"replay {answer['replay_id']} {answer['state']}: {answer['matched']} events,"
+        f" {created} deliveries ({per_destination(answer.get('per_destination'))})"
+    )
+
+
+def progress(replay: dict[str, Any], width: int = 30) -> str:
+    total = replay.get("total") or 0
+    done = replay["matched"]
+    share = done / total if total else 1.0
+    bar = "#" * int(share * width)
+    return (
+        f"replay {replay['id']} [{bar.ljust(width)}] {done}/{total} events,"
+        f" {replay['created']} deliveries"
+    )

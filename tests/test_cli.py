@@ -1,0 +1,190 @@
+"""The operator commands as an operator runs them: `python -m relay ...` against a real
+`relay serve` process, reading stdout, stderr and exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.support import (
+    ADMIN_TABLE,
+    ADMIN_TOKEN,
+    Sink,
+    config_text,
+    destination,
+    free_port,
+    subscribe_body,
+    wait_until,
+)
+from tests.test_process import RelayProcess
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+    raw: bytes
+
+
+async def cli(*args: str, token: str | None = ADMIN_TOKEN, url: str | None = None) -> Result:
+    env = {k: v for k, v in os.environ.items() if k != "RELAY_ADMIN_TOKEN"}
+    if token is not None:
+        env["RELAY_ADMIN_TOKEN"] = token
+    argv = [*args, "--url", url] if url else list(args)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "relay", *argv,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(errors="replace"), err.decode(), out)
+
+
+@dataclass
+class Running:
+    process: RelayProcess
+    url: str
+    config: Path
+
+    async def post(self, *bodies: bytes) -> None:
+        async with aiohttp.ClientSession() as session:
+            sem = asyncio.Semaphore(8)
+
+            async def one(body: bytes) -> None:
+                async with sem, session.post(
+                    f"{self.url}/hooks/user?secret=s3cret", data=body,
+                    headers={"Content-Type": "application/x-www-form-urlencoded"},
+                ) as r:  # fmt: skip
+                    assert r.status == 200
+
+            await asyncio.gather(*(one(b) for b in bodies))
+
+
+@pytest.fixture
+async def running(tmp_path: Path, sink: Sink) -> AsyncIterator[Running]:
+    port = free_port()
+    cfg = tmp_path / "relay.toml"
+    dests = destination("crm", sink.url("/crm")) + destination(
+        "warehouse", sink.url("/wh"), types=["unsubscribe"]
+    )
+    cfg.write_text(config_text(tmp_path / "relay.db", dests, extra=ADMIN_TABLE, port=port))
+    rp = RelayProcess(cfg, port, tmp_path / "relay.log")
+    await rp.start()
+    yield Running(rp, f"http://127.0.0.1:{port}", cfg)
+    assert rp.proc is not None
+    rp.kill(signal.SIGTERM)
+    await asyncio.to_thread(rp.wait, 20)
+
+
+async def test_operator_commands_find_show_replay_pause_and_prune(
+    running: Running, sink: Sink
+) -> None:
+    await running.post(
+        subscribe_body("ann@example.com"), subscribe_body("bob@example.com", kind="unsubscribe")
+    )
+    await wait_until(lambda: len(sink.received) == 3, what="the live deliveries")
+    url = running.url
+
+    listed = await cli("events", "list", "--config", str(running.config))
+    assert listed.code == 0, listed.err
+    header, *rows = listed.out.splitlines()
+    assert header.split() == ["ID", "RECEIVED", "INBOUND", "TYPE", "SOURCE", "EMAIL", "LIST"]
+    assert [r.split()[5] for r in rows] == ["bob@example.com", "ann@example.com"]
+
+    as_json = orjson.loads(
+        (await cli("events", "list", "--type", "unsubscribe", "--json", url=url)).out
+    )
+    (bob,) = as_json["events"]
+    shown = await cli("events", "show", bob["id"], url=url)
+    assert shown.code == 0 and "type       unsubscribe" in shown.out
+    assert "crm" in shown.out and "warehouse" in shown.out and "delivered" in shown.out
+    body = await cli("events", "show", bob["id"], "--body", url=url)
+    assert body.raw == subscribe_body("bob@example.com", kind="unsubscribe")
+
+    replayed = await cli("replay", bob["id"], "--to", "crm", "--operator", "erin", url=url)
+    assert replayed.code == 0, replayed.err
+    assert replayed.out.startswith("replay 1: event ") and "-> crm (pending)" in replayed.out
+    await wait_until(
+        lambda: sum(1 for r in sink.at("/crm") if r.headers.get("X-Relay-Replay")) == 1
+    )
+
+    dry = await cli("replay", "--type", "subscribe", "--since", "2001-01-01", "--dry-run", url=url)
+    assert dry.out.strip() == "dry run: 1 events match; would create 1 deliveries (crm 1)"
+
+    paused = await cli("destinations", "pause", "crm", url=url)
+    assert paused.out.strip() == "crm: paused (0 pending deliveries held)"
+    table = await cli("destinations", "list", url=url)
+    states = {line.split()[0]: line.split()[1] for line in table.out.splitlines()[1:]}
+    assert states == {"crm": "paused", "warehouse": "active"}
+    assert (await cli("destinations", "resume", "crm", url=url)).code == 0
+
+    delivered = await cli(
+        "deliveries", "list", "--state", "delivered", "--destination", "warehouse", url=url
+    )
+    assert delivered.out.splitlines()[0].split()[:4] == ["ID", "EVENT", "DESTINATION", "STATE"]
+    assert delivered.out.splitlines()[1].split()[2:4] == ["warehouse", "delivered"]
+
+    pruned = await cli("prune", "--older-than", "365", url=url)
+    assert pruned.out.strip() == "deleted 0 events and 0 requests older than 365 days"
+
+
+async def test_large_replay_asks_first_and_runs_in_the_background_with_yes(
+    running: Running, sink: Sink
+) -> None:
+    await running.post(*(subscribe_body(f"u{i}@example.com") for i in range(520)))
+    await wait_until(lambda: len(sink.at("/crm")) == 520, timeout=30, what="the live deliveries")
+
+    refused = await cli("replay", "--type", "subscribe", "--to", "crm", url=running.url)
+    assert refused.code == 2
+    assert refused.err == (
+        "relay: refusing to replay 520 events, 520 deliveries (crm 520) without --yes"
+        " (stdin is not a terminal)\n"
+    )
+    assert len(sink.at("/crm")) == 520
+
+    done = await cli("replay", "--type", "subscribe", "--to", "crm", "--yes", url=running.url)
+    assert done.code == 0, done.err
+    assert done.out.strip() == "replay 1 done: 520 events, 520 deliveries (crm 520)"
+    await wait_until(
+        lambda: len(sink.at("/crm")) == 1040, timeout=30, what="the replayed deliveries"
+    )
+
+
+async def test_errors_are_one_line_and_exit_non_zero(running: Running) -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    refused = await cli("events", "list", url=down)
+    assert (refused.code, refused.err) == (1, f"relay: cannot reach {down}: connection refused\n")
+
+    bad = await cli("events", "list", token="wrong", url=running.url)
+    assert (bad.code, bad.err) == (
+        1,
+        "relay: admin API refused the token (401): invalid admin token\n",
+    )
+
+    missing = await cli("destinations", "pause", "nope", url=running.url)
+    assert (missing.code, missing.err) == (1, "relay: unknown destination: nope\n")
+
+    unknown = await cli("events", "show", "NOPE", url=running.url)
+    assert (unknown.code, unknown.err) == (1, "relay: unknown event: NOPE\n")
+
+    no_token = await cli("events", "list", token=None, url=running.url)
+    assert (no_token.code, no_token.err) == (
+        2,
+        "relay: no admin token: set RELAY_ADMIN_TOKEN or pass --token-file\n",
+    )
+
+    no_filter = await cli("replay", url=running.url)
+    assert no_filter.code == 2 and no_filter.err.count("\n") == 1
+    for result in (refused, bad, missing, unknown, no_token, no_filter):
+        assert "Traceback" not in result.err

@@ -1,0 +1,370 @@
+"""Replays, dead letters, pause and retention against real relays, sockets and SQLite files."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from relay.model import NewEvent, RawRequest, new_id
+from tests.support import (
+    ADMIN_TABLE,
+    RelayFactory,
+    RelayUnderTest,
+    Sink,
+    admin_call,
+    config_text,
+    destination,
+    subscribe_body,
+    wait_until,
+)
+
+
+def _rows(db: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
+    with sqlite3.connect(db) as conn:
+        return list(conn.execute(sql, params))
+
+
+async def _event_id(relay: RelayUnderTest, email: str) -> str:
+    _, page = await admin_call(relay, "GET", f"/admin/events?email={email}")
+    return str(page["events"][0]["id"])
+
+
+async def test_replaying_one_event_makes_a_new_marked_delivery_and_keeps_the_old_one(
+    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+) -> None:
+    db = tmp_path / "relay.db"
+    relay = await start_relay(
+        config_text(db, destination("crm", sink.url("/crm")), extra=ADMIN_TABLE)
+    )
+    await relay.post("/hooks/user", subscribe_body("ann@example.com"))
+    await wait_until(lambda: len(sink.at("/crm")) == 1, what="the live delivery")
+    event_id = await _event_id(relay, "ann@example.com")
+
+    status, answer = await admin_call(
+        relay, "POST", f"/admin/events/{event_id}/replay", headers={"X-Relay-Operator": "dana"}
+    )
+    assert status == 200, answer
+    (made,) = answer["deliveries"]
+    assert (made["destination"], made["state"]) == ("crm", "pending")
+    await wait_until(lambda: len(sink.at("/crm")) == 2, what="the replayed delivery")
+    live, replayed = sink.at("/crm")
+    assert "X-Relay-Replay" not in live.headers and replayed.headers["X-Relay-Replay"] == "1"
+    assert replayed.body == live.body and replayed.headers["X-Relay-Event-Id"] == event_id
+
+    _, detail = await admin_call(relay, "GET", f"/admin/events/{event_id}")
+    states = [(d["replay_id"], d["attempts"]) for d in detail["deliveries"]]
+    assert states[0] == (None, 1) and states[1][0] == answer["replay_id"]
+    assert _rows(db, "SELECT requested_by, state, matched, created FROM replays") == [
+        ("dana", "done", 1, 1)
+    ]
+    status, unknown = await admin_call(
+        relay, "POST", f"/admin/events/{event_id}/replay", {"destinations": ["nope"]}
+    )
+    assert (status, unknown) == (404, {"error": "unknown destination: nope"})
+    text = await (await relay.session.get(relay.url("/metrics"))).text()  # type: ignore[union-attr]
+    assert 'relay_replayed_deliveries_total{destination="crm"} 1.0' in text
+    assert "relay_replays_total 1.0" in text
+
+
+async def test_replay_backfills_a_destination_added_after_the_event_arrived(
+    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+) -> None:
+    db = tmp_path / "relay.db"
+    crm = destination("crm", sink.url("/crm"))
+    first = await start_relay(config_text(db, crm, extra=ADMIN_TABLE))
+    await first.post("/hooks/user", subscribe_body("bob@example.com"))
+    await first.post("/hooks/user", subscribe_body("cy@example.com", kind="unsubscribe"))
+    await wait_until(lambda: len(sink.at("/crm")) == 2, what="the live deliveries")
+    event_id = await _event_id(first, "bob@example.com")
+    await first.stop()
+
+    # The same database, a newer config: a warehouse that wants subscribes only.
+    warehouse = destination("warehouse", sink.url("/warehouse"), types=["subscribe"])
+    second = await start_relay(config_text(db, crm + warehouse, extra=ADMIN_TABLE))
+    status, answer = await admin_call(second, "POST", f"/admin/events/{event_id}/replay")
+    assert status == 200
+    assert sorted(d["destination"] for d in answer["deliveries"]) == ["crm", "warehouse"]
+    await wait_until(lambda: len(sink.at("/warehouse")) == 1 and len(sink.at("/crm")) == 3)
+    assert sink.at("/warehouse")[0].headers["X-Relay-Event-Id"] == event_id
+
+    # Named destinations are used as given, whatever their filters say.
+    other = await _event_id(second, "cy@example.com")
+    _, named = await admin_call(
+        second, "POST", f"/admin/events/{other}/replay", {"destinations": ["warehouse"]}
+    )
+    assert [d["destination"] for d in named["deliveries"]] == ["warehouse"]
+    await wait_until(lambda: len(sink.at("/warehouse")) == 2)
+
+
+async def test_bulk_replay_dry_run_counts_equal_what_is_then_made(
+    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+) -> None:
+    db = tmp_path / "relay.db"
+    dests = destination("crm", sink.url("/crm")) + destination(
+        "warehouse", sink.url("/warehouse"), types=["unsubscribe"]
+    )
+    relay = await start_relay(config_text(db, dests, extra=ADMIN_TABLE))
+    for i in range(6):
+        await relay.post(
+            "/hooks/user",
+            subscribe_body(f"u{i}@example.com", kind="unsubscribe" if i % 2 else "subscribe"),
+        )
+    await relay.post("/hooks/admin", subscribe_body("admin@example.com", kind="unsubscribe"))
+    await wait_until(lambda: len(sink.received) == 7 + 4, what="the live deliveries")
+
+    request = {"filter": {"source": "user", "since": "2001-01-01"}}
+    status, dry = await admin_call(relay, "POST", "/admin/replay", {**request, "dry_run": True})
+    assert status == 200
+    assert (dry["matched"], dry["deliveries"], dry["per_destination"], dry["dry_run"]) == (
+        6,
+        9,
+        {"crm": 6, "warehouse": 3},
+        True,
+    )
+    assert dry["replay_id"] is None
+    assert _rows(db, "SELECT count(*) FROM deliveries WHERE replay_id IS NOT NULL") == [(0,)]
+
+    status, done = await admin_call(relay, "POST", "/admin/replay", request)
+    assert status == 200, done
+    assert (done["matched"], done["deliveries"], done["per_destination"], done["state"]) == (
+        6,
+        9,
+        {"crm": 6, "warehouse": 3},
+        "done",
+    )
+    assert _rows(
+        db,
+        "SELECT destination, count(*) FROM deliveries WHERE replay_id = ? GROUP BY 1",
+        done["replay_id"],
+    ) == [("crm", 6), ("warehouse", 3)]
+    await wait_until(lambda: len(sink.received) == 11 + 9, what="the replayed deliveries")
+    status, bad = await admin_call(relay, "POST", "/admin/replay", {"filter": {"colour": "red"}})
+    assert status == 400 and "unknown filter" in bad["error"]
+
+
+async def test_dead_letters_are_replayed_once_the_destination_recovers(
+    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+) -> None:
+    sink.on("/crm", 500)
+    dests = destination("crm", sink.url("/crm"), retry={"max_attempts": 2}) + destination(
+        "warehouse", sink.url("/warehouse"), retry={"max_attempts": 2}
+    )
+    relay = await start_relay(config_text(tmp_path / "relay.db", dests, extra=ADMIN_TABLE))
+    for i in range(3):
+        await relay.post("/hooks/user", subscribe_body(f"d{i}@example.com"))
+
+    async def dead() -> bool:
+        _, answer = await admin_call(relay, "GET", "/admin/deliveries?state=dead&destination=crm")
+        return len(answer["deliveries"]) == 3
+
+    await wait_until(dead, what="crm's deliveries to die")
+    await wait_until(lambda: len(sink.at("/warehouse")) == 3)
+    sink.on("/crm", 200)
+    retry = {"filter": {"state": "dead", "destination": "crm"}, "destinations": ["crm"]}
+    status, answer = await admin_call(relay, "POST", "/admin/replay", retry)
+    assert status == 200 and answer["per_destination"] == {"crm": 3}
+    await wait_until(
+        lambda: len([r for r in sink.at("/crm") if r.headers.get("X-Relay-Replay")]) == 3
+    )
+    assert len(sink.at("/warehouse")) == 3  # the healthy destination got no duplicates
+    _, still_dead = await admin_call(relay, "GET", "/admin/deliveries?state=dead&destination=crm")
+    assert len(still_dead["deliveries"]) == 3  # history is kept: the old rows stay dead
+
+
+async def test_pause_holds_deliveries_and_resume_drains_them(
+    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+) -> None:
+    db = tmp_path / "relay.db"
+    sink.on("/crm", 503)
+    dests = destination(
+        "crm", sink.url("/crm"), retry={"max_attempts": 50, "initial_delay": 0.3, "max_delay": 0.3}
+    )
+    dests += destination("warehouse", sink.url("/warehouse"))
+    relay = await start_relay(config_text(db, dests, extra=ADMIN_TABLE))
+    await relay.post("/hooks/user", subscribe_body("early@example.com"))
+    await wait_until(lambda: len(sink.at("/crm")) == 1, what="a first failed attempt")
+
+    status, answer = await admin_call(relay, "POST", "/admin/destinations/crm/pause")
+    assert (status, answer["paused"], answer["held"]) == (200, True, 1)
+    tried = len(sink.at("/crm"))
+    await relay.post("/hooks/user", subscribe_body("late@example.com"))
+    # The warehouse getting the late event shows workers run; crm must get nothing meanwhile,
+    # not even the retry that was due 0.3 s after the first attempt.
+    await wait_until(lambda: len(sink.at("/warehouse")) == 2)
+    started = time.monotonic()
+    await wait_until(lambda: time.monotonic() - started > 0.6, what="the retry time to pass")
+    assert len(sink.at("/crm")) == tried
+    assert _rows(
+        db, "SELECT state, count(*) FROM deliveries WHERE destination = 'crm' GROUP BY 1"
+    ) == [("paused", 2)]
+    _, listing = await admin_call(relay, "GET", "/admin/destinations")
+    crm = next(d for d in listing["destinations"] if d["name"] == "crm")
+    assert crm["paused"] is True and crm["counts"]["paused"] == 2
+    registry: CollectorRegistry = relay.relay.metrics.registry
+    assert registry.get_sample_value("relay_destination_paused", {"destination": "crm"}) == 1
+
+    sink.on("/crm", 200)
+    status, answer = await admin_call(relay, "POST", "/admin/destinations/crm/resume")
+    assert (status, answer["released"]) == (200, 2)
+    await wait_until(
+        lambda: (
+            {r.body for r in sink.at("/crm")[tried:]}
+            == {subscribe_body("early@example.com"), subscribe_body("late@example.com")}
+        ),
+        what="the held deliveries to drain",
+    )
+    assert registry.get_sample_value("relay_destination_paused", {"destination": "crm"}) == 0
+
+
+async def test_live_events_overtake_a_large_background_replay(
+    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+) -> None:
+    db = tmp_path / "relay.db"
+    dests = destination("crm", sink.url("/crm"), concurrency=2)
+    relay = await start_relay(config_text(db, dests, extra=ADMIN_TABLE))
+    control = relay.relay.control
+    control.inline_limit, control.walk_batch, control.feed = 50, 100, 10
+    total = 600
+    # Stored, never delivered: as if they arrived before crm existed.
+    request = RawRequest(
+        new_id(),
+        "audience-user",
+        "POST",
+        "/hooks/user",
+        "",
+        (),
+        b"x",
+        "text/plain",
+        "",
+        time.time() - 60,
+    )
+    events = [NewEvent(new_id(), request.id, "audience-user", "user", "subscribe", request.received_at, ())
+              for _ in range(total)]  # fmt: skip
+    await relay.relay.store.ingest(request, events)
+
+    status, answer = await admin_call(
+        relay, "POST", "/admin/replay", {"filter": {"type": "subscribe"}, "destinations": ["crm"]}
+    )
+    assert (status, answer["state"], answer["matched"]) == (202, "running", total)
+    replay_id = answer["replay_id"]
+    await wait_until(lambda: len(sink.at("/crm")) >= 50, what="the replay to get going")
+    sent_before = len(sink.at("/crm"))
+    await relay.post("/hooks/user", subscribe_body("live@example.com"))
+    await wait_until(
+        lambda: any(r.headers.get("X-Relay-Replay") is None for r in sink.at("/crm")),
+        what="the live event",
+    )
+    live_at = next(i for i, r in enumerate(sink.at("/crm")) if "X-Relay-Replay" not in r.headers)
+    # Behind the live event: at most the replay's window (10 per slot) plus one feed chunk.
+    assert live_at - sent_before <= control.window("crm") + control.feed + 2
+    assert live_at < total / 2
+
+    async def finished() -> bool:
+        _, state = await admin_call(relay, "GET", f"/admin/replays/{replay_id}")
+        return bool(state["state"] == "done")
+
+    await wait_until(finished, timeout=30, what="the replay to finish")
+    _, state = await admin_call(relay, "GET", f"/admin/replays/{replay_id}")
+    assert (state["total"], state["matched"], state["created"], state["per_destination"]) == (
+        total,
+        total,
+        total,
+        {"crm": total},
+    )
+    await wait_until(
+        lambda: len(sink.at("/crm")) == total + 1, timeout=30, what="every replayed delivery"
+    )
+
+
+async def test_prune_never_deletes_an_event_with_an_unfinished_delivery(
+    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+) -> None:
+    db = tmp_path / "relay.db"
+    sink.on("/down", 503)
+    dests = destination("crm", sink.url("/crm"), types=["subscribe"])
+    dests += destination(
+        "down",
+        sink.url("/down"),
+        types=["unsubscribe"],
+        retry={"max_attempts": 50, "initial_delay": 30, "max_delay": 30},
+    )
+    dests += destination("held", sink.url("/held"), types=["profile"])
+    relay = await start_relay(config_text(db, dests, extra=ADMIN_TABLE))
+    await admin_call(relay, "POST", "/admin/destinations/held/pause")
+    await relay.post("/hooks/user", subscribe_body("done@example.com"))
+    await relay.post("/hooks/user", subscribe_body("waiting@example.com", kind="unsubscribe"))
+    await relay.post("/hooks/user", subscribe_body("paused@example.com", kind="profile"))
+    await wait_until(lambda: len(sink.at("/crm")) == 1 and len(sink.at("/down")) == 1)
+
+    async def delivered() -> bool:
+        return _rows(db, "SELECT count(*) FROM deliveries WHERE state = 'delivered'") == [(1,)]
+
+    await wait_until(delivered)
+    status, answer = await admin_call(relay, "POST", "/admin/prune", {"older_than_days": 0})
+    assert (status, answer) == (200, {"deleted_events": 1, "deleted_requests": 1})
+    _, left = await admin_call(relay, "GET", "/admin/events")
+    assert sorted(e["email"] for e in left["events"]) == [
+        "paused@example.com",
+        "waiting@example.com",
+    ]
+    assert _rows(db, "SELECT count(*) FROM requests") == [(2,)]
+    assert _rows(db, "SELECT count(*) FROM attempts") == [(1,)]
+    status, _ = await admin_call(relay, "POST", "/admin/prune", {"older_than_days": -1})
+    assert status == 400
+
+
+async def test_retention_prunes_finished_events_in_the_background(
+    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+) -> None:
+    db = tmp_path / "relay.db"
+    retention = "[retention]\ndays = 0.000001\ninterval = 0.05\n"
+    relay = await start_relay(
+        config_text(db, destination("crm", sink.url("/crm")), extra=ADMIN_TABLE + retention)
+    )
+    await relay.post("/hooks/user", subscribe_body("old@example.com"))
+    await wait_until(lambda: len(sink.at("/crm")) == 1)
+    await wait_until(
+        lambda: _rows(db, "SELECT count(*) FROM events") == [(0,)], what="retention to prune"
+    )
+    assert _rows(db, "SELECT count(*) FROM requests") == [(0,)]
+
+
+def test_routing_a_stored_event_parses_its_body_only_for_match_conditions() -> None:
+    from relay.config import Condition, DestinationConfig, parse_config
+    from relay.model import EventRecord, ReplayCandidate
+    from relay.replay import needs_payload, targets
+
+    settings = parse_config(config_text(Path("/tmp/unused.db")), {})
+    vip = DestinationConfig(
+        "vip", "http://x/vip", match=(Condition("data.email", equals="ann@example.com"),)
+    )
+    subs = DestinationConfig("subs", "http://x/subs", types=("subscribe",))
+    settings = type(settings)(
+        settings.server, settings.storage, settings.admin, settings.inbounds, (vip, subs)
+    )
+    event = EventRecord(
+        "01J",
+        "r",
+        "audience-user",
+        "user",
+        "subscribe",
+        0.0,
+        None,
+        None,
+        "ann@example.com",
+        None,
+        None,
+        None,
+    )
+    assert needs_payload(settings.destinations)
+    with_body = ReplayCandidate(
+        event, subscribe_body("ann@example.com"), "application/x-www-form-urlencoded"
+    )
+    assert targets(settings, with_body) == ("vip", "subs")
+    other = ReplayCandidate(
+        event, subscribe_body("bob@example.com"), "application/x-www-form-urlencoded"
+    )
+    assert targets(settings, other) == ("subs",)
