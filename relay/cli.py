@@ -34,23 +34,27 @@ def _load(path: str) -> Settings:
     return load_config(Path(path))
 
 
-def cmd_check_config(args: argparse.Namespace) -> int:
+def _load_or_report(path: str) -> Settings | None:
+    """The settings, or None after printing one line per problem to standard error."""
     try:
-        settings = _load(args.config)
+        return _load(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        return None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _load_or_report(args.config)
+    if settings is None:
         return EXIT_CONFIG
     print(f"{args.config}: ok: {settings.summary()}")
     return EXIT_OK
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    try:
-        settings = _load(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    settings = _load_or_report(args.config)
+    if settings is None:
         return EXIT_CONFIG
     setup_logging(settings.server.log_format)
     try:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from relay.backoff import decide
 from relay.config import DestinationConfig
+from relay.logs import HotLog
 from relay.metrics import Metrics
 from relay.model import (
     AttemptOutcome,
@@ -29,6 +30,7 @@ from relay.sender import Sender
 from relay.store import Store, StoreError
 
 log = logging.getLogger("relay.delivery")
+hot_log = HotLog("relay.delivery")
 
 # Re-check the store at least this often: picks up leases that expired after a crash and work
 # written by other relay processes sharing a database.
@@ -57,6 +59,11 @@ class DestinationWorker:
         self.store = store
         self.sender = sender
         self.metrics = metrics
+        # labels() costs a few microseconds a call; this destination's series are looked up once.
+        name = destination.name
+        self._attempt_counters = {o: metrics.attempts.labels(name, o.value) for o in AttemptOutcome}
+        self._attempt_duration = metrics.attempt_duration.labels(name)
+        self._e2e_latency = metrics.e2e_latency.labels(name)
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -83,8 +90,10 @@ class DestinationWorker:
                     log.warning("destination=%s claim failed: %s", name, exc)
                     timeout = STORE_RETRY
             if timeout is None or timeout > 0:
+                # asyncio.timeout, not wait_for: no task per wait, and a cancel is never lost.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
             self._wake.clear()
 
     async def _idle_timeout(self, now: float) -> float:
@@ -135,33 +144,29 @@ class DestinationWorker:
         self, delivery: ClaimedDelivery, result: AttemptResult, decision: Decision
     ) -> None:
         name = self.destination.name
-        self.metrics.attempts.labels(name, result.outcome.value).inc()
-        self.metrics.attempt_duration.labels(name).observe(result.duration)
+        self._attempt_counters[result.outcome].inc()
+        self._attempt_duration.observe(result.duration)
         if decision.state is DeliveryState.DELIVERED:
-            self.metrics.e2e_latency.labels(name).observe(
+            self._e2e_latency.observe(
                 max(0.0, result.started_at + result.duration - delivery.received_at)
             )
         elif decision.state is DeliveryState.DEAD:
             self.metrics.dead.labels(name).inc()
         level = logging.INFO if result.outcome is AttemptOutcome.SUCCESS else logging.WARNING
+        if not hot_log.logger.isEnabledFor(level):
+            return
         if decision.state is DeliveryState.PENDING and decision.next_attempt_at is not None:
             then = f" retry_in={decision.next_attempt_at - time.time():.1f}s"
         else:
             then = f" reason={decision.reason!r}" if decision.reason else ""
-        log.log(
+        status = result.status if result.status is not None else "-"
+        hot_log.log(
             level,
-            "delivery event=%s destination=%s attempt=%d outcome=%s status=%s duration_ms=%.1f"
-            " state=%s%s%s%s",
-            delivery.event_id,
-            name,
-            delivery.attempt,
-            result.outcome.value,
-            result.status if result.status is not None else "-",
-            result.duration * 1000,
-            decision.state.value,
-            then,
-            " replay=1" if delivery.replay else "",
-            f" error={result.error!r}" if result.error else "",
+            f"delivery event={delivery.event_id} destination={name} attempt={delivery.attempt}"
+            f" outcome={result.outcome.value} status={status}"
+            f" duration_ms={result.duration * 1000:.1f} state={decision.state.value}{then}"
+            f"{' replay=1' if delivery.replay else ''}"
+            f"{f' error={result.error!r}' if result.error else ''}",
         )
 
     async def stop(self, grace: float) -> None:

@@ -41,7 +41,11 @@ class BufferedHandler(logging.Handler):
     def __init__(self, stream: TextIO) -> None:
         super().__init__()
         self.stream = stream
+        self.json = False
         self._lock = threading.Lock()
+        # write_line formats the timestamp's seconds once per second, not once per line.
+        self._second = -1
+        self._stamp = ""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -56,6 +60,46 @@ class BufferedHandler(logging.Handler):
     def flush(self) -> None:
         with self._lock:
             self.stream.flush()
+
+    def write_line(self, level: int, name: str, message: str) -> None:
+        """Write one record without building a LogRecord (the per-request lines' fast path)."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        stamp = f"{self._stamp}.{int((now - second) * 1000):03d}Z"
+        level_name = logging.getLevelName(level)
+        if self.json:
+            line = orjson.dumps(
+                {"time": stamp, "level": level_name.lower(), "logger": name, "message": message}
+            ).decode()
+        else:
+            line = f"{stamp} {level_name} {name} {message}"
+        with self._lock:
+            self.stream.write(line + "\n")
+
+
+class HotLog:
+    """A logger for lines written per request or per attempt, where LogRecords cost ~10%.
+
+    Writes straight to relay's handler when ``setup_logging`` installed it, else (in tests,
+    embedded use) through the standard logger, so the lines look and filter the same.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.logger = logging.getLogger(name)
+
+    def log(self, level: int, message: str) -> None:
+        if not self.logger.isEnabledFor(level):
+            return
+        handlers = logging.getLogger().handlers
+        handler = handlers[0] if len(handlers) == 1 else None
+        if isinstance(handler, BufferedHandler) and level < logging.ERROR:
+            handler.write_line(level, self.name, message)
+        else:
+            self.logger.log(level, "%s", message)
 
 
 def _stderr_buffered() -> TextIO:
@@ -89,6 +133,7 @@ class MalformedRequestFilter(logging.Filter):
 def setup_logging(log_format: str, level: int = logging.INFO) -> BufferedHandler:
     handler = BufferedHandler(_stderr_buffered())
     if log_format == "json":
+        handler.json = True
         handler.setFormatter(JsonFormatter())
     else:
         formatter = logging.Formatter(

@@ -14,52 +14,26 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from relay import __version__
+from relay.mailchimp import AUDIENCE_TYPES
+from relay.model import UNKNOWN_TYPE
 from relay.store.base import DestinationStats
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _E2E_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
-KNOWN_TYPES = frozenset(
+_MANDRILL_MESSAGE_TYPES = frozenset(
     {
-        # audience webhooks
-        "subscribe",
-        "unsubscribe",
-        "profile",
-        "upemail",
-        "cleaned",
-        "campaign",
-        "sms_subscribe",
-        "sms_unsubscribe",
-        "upsms",
-        "sms_campaign",
-        # Mandrill message events and sync events
-        "send",
-        "deferral",
-        "hard_bounce",
-        "soft_bounce",
-        "delivered",
-        "open",
-        "click",
-        "spam",
-        "unsub",
-        "reject",
-        "inbound",
-        "blacklist.add",
-        "blacklist.remove",
-        "blacklist.change",
-        "whitelist.add",
-        "whitelist.remove",
-        "whitelist.change",
-        "denylist.add",
-        "denylist.remove",
-        "denylist.change",
-        "allowlist.add",
-        "allowlist.remove",
-        "allowlist.change",
-        "unknown",
+        "send", "deferral", "hard_bounce", "soft_bounce", "delivered", "open", "click", "spam",
+        "unsub", "reject", "inbound",
     }
+)  # fmt: skip
+_MANDRILL_SYNC_TYPES = frozenset(
+    f"{list_name}.{action}"
+    for list_name in ("blacklist", "whitelist", "denylist", "allowlist")
+    for action in ("add", "remove", "change")
 )
+KNOWN_TYPES = AUDIENCE_TYPES | _MANDRILL_MESSAGE_TYPES | _MANDRILL_SYNC_TYPES | {UNKNOWN_TYPE}
 
 
 class Metrics:
@@ -71,6 +45,7 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self._types = KNOWN_TYPES | journey_types
+        self._event_children: dict[tuple[str, str, str], Counter] = {}
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
@@ -174,6 +149,16 @@ class Metrics:
 
     def type_label(self, event_type: str) -> str:
         return event_type if event_type in self._types else "other"
+
+    def count_event(self, inbound: str, event_type: str, source: str) -> None:
+        key = (inbound, event_type, source)
+        child = self._event_children.get(key)
+        if child is None:
+            child = self.events.labels(inbound, self.type_label(event_type), source)
+            # Bounded like the labels: types outside the known set share the "other" series.
+            if event_type in self._types:
+                self._event_children[key] = child
+        child.inc()
 
     def observe_commit(self, batch_size: int, seconds: float) -> None:
         self.commit_batch.observe(batch_size)
