@@ -156,12 +156,18 @@ def main() -> None:
     for p in (b, r):
         p.add_argument("--url", required=True)
         p.add_argument("--body", type=Path, required=True)
+        p.add_argument("--uvloop", action="store_true", help="run on uvloop (as relay does)")
     args = parser.parse_args()
     body = args.body.read_bytes()
+    runner = asyncio.run
+    if args.uvloop:
+        import uvloop
+
+        runner = uvloop.run
     if args.mode == "burst":
-        result = asyncio.run(burst(args.url, body, args.count, args.concurrency))
+        result = runner(burst(args.url, body, args.count, args.concurrency))
     else:
-        result = asyncio.run(rate(args.url, body, args.rate, args.duration, args.max_in_flight))
+        result = runner(rate(args.url, body, args.rate, args.duration, args.max_in_flight))
     print(json.dumps(result), flush=True)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -39,6 +40,7 @@ BODY = BENCH / "body_subscribe.txt"
 OUT = ROOT / "docs" / "benchmarks"
 SERVER_CPU = 0
 LOAD_CPU = 1
+HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
 
 
 # ---- context ------------------------------------------------------------------------------------
@@ -113,7 +115,10 @@ def start(launch: targets.Launch, work: Path, cpu: int) -> Iterator[procs.Child]
 
 
 def run_loadgen(*args: str, timeout: float, cpu: int = LOAD_CPU) -> dict[str, Any]:
-    cmd = procs.pinned([sys.executable, str(BENCH / "loadgen.py"), *args], cpu)
+    # The ceilings run on the event loop relay runs on (uvloop when installed, as it is with
+    # relay's dependencies), so the ratio compares like with like.
+    extra = ["--uvloop"] if HAVE_UVLOOP else []
+    cmd = procs.pinned([sys.executable, str(BENCH / "loadgen.py"), *args, *extra], cpu)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           check=False)
     if done.returncode != 0:
@@ -390,7 +395,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--posts", type=int, default=20_000,
                         help="posts for the ClientSession ceiling")
     parser.add_argument("--rate", type=float, default=1000.0, help="req/s for the latency test")
-    parser.add_argument("--uvloop", action="store_true", help="run the bare ceiling on uvloop")
+    parser.add_argument("--uvloop", action=argparse.BooleanOptionalAction, default=HAVE_UVLOOP,
+                        help="run the bare ceiling on uvloop (default: when installed, as relay"
+                        " then runs on it)")
     parser.add_argument("--out", type=Path, default=OUT, help="where the report goes")
     args = parser.parse_args(argv)
     if args.quick:
