@@ -551,5 +551,6 @@ def _storage_url(value: str) -> str | None:
     if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
         return None
     if value.startswith(("postgresql://", "postgres://")):
-        return None
-    return "must be sqlite:///PATH (sqlite:////abs/path for an absolute path) or postgresql://..."
+        # Said at load time, not as a failure after start-up: the backend is not built yet.
+        return "the PostgreSQL backend is not available in this release; use sqlite:///PATH"
+    return "must be sqlite:///PATH (sqlite:////abs/path for an absolute path)"

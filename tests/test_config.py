@@ -118,7 +118,11 @@ def test_missing_environment_variable_names_key_and_variable() -> None:
         ('[storage]\nmax_size_mb = "1GB"', "storage.max_size_mb: must be a number"),
         (
             '[storage]\nurl = "mysql://x"',
-            "storage.url: must be sqlite:///PATH (sqlite:////abs/path for an absolute path) or postgresql://...",
+            "storage.url: must be sqlite:///PATH (sqlite:////abs/path for an absolute path)",
+        ),
+        (
+            '[storage]\nurl = "postgresql://relay@db/relay"',
+            "storage.url: the PostgreSQL backend is not available in this release; use sqlite:///PATH",
         ),
         (
             '[[inbound]]\nname = "a"\npath = "hooks"',
