@@ -146,7 +146,7 @@ class Control:
         started = time.time()
         # Events that arrive while a replay runs are live traffic, not part of it.
         until = min(request.where.until or started, started)
-        where = dataclasses.replace(request.where, until=until)
+        where = dataclasses.replace(request.where, until=until, originals_only=True)
         if request.dry_run:
             return await self._dry_run(where, request.destinations)
         total = await self.store.count_events(where)

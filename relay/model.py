@@ -229,6 +229,8 @@ class EventFilter:
     destination: str | None = None
     since: float | None = None
     until: float | None = None
+    # Replays skip duplicates (Mailchimp's retries of an event): the original is replayed once.
+    originals_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,7 +113,10 @@ async def test_bulk_replay_dry_run_counts_equal_what_is_then_made(
             subscribe_body(f"u{i}@example.com", kind="unsubscribe" if i % 2 else "subscribe"),
         )
     await relay.post("/hooks/admin", subscribe_body("admin@example.com", kind="unsubscribe"))
+    # Mailchimp retrying the first webhook: stored as a duplicate, and not replayed either.
+    await relay.post("/hooks/user", subscribe_body("u0@example.com", kind="subscribe"))
     await wait_until(lambda: len(sink.received) == 7 + 4, what="the live deliveries")
+    assert _rows(db, "SELECT count(*) FROM events WHERE duplicate_of IS NOT NULL") == [(1,)]
 
     request = {"filter": {"source": "user", "since": "2001-01-01"}}
     status, dry = await admin_call(relay, "POST", "/admin/replay", {**request, "dry_run": True})

@@ -76,6 +76,8 @@ def event_where(where: EventFilter) -> tuple[list[str], list[Any]]:
     if where.until is not None:
         terms += ["e.id < ?", "e.received_at < ?"]
         params += [id_bound(where.until + ID_SLACK), where.until]
+    if where.originals_only:
+        terms.append("e.duplicate_of IS NULL")
     if where.state is not None or where.destination is not None:
         sub: list[str] = []
         if where.state is not None:
