@@ -22,6 +22,7 @@ from relay.model import (
     EventRecord,
     RawRequest,
     ReplayRecord,
+    iso_utc,
 )
 
 DEFAULT_LIMIT = 50
@@ -96,7 +97,7 @@ def filter_json(where: EventFilter) -> str:
     for key, field in FILTER_KEYS.items():
         value = getattr(where, field)
         if value is not None:
-            out[key] = iso(value) if field in ("since", "until") else str(value)
+            out[key] = iso_utc(value) if field in ("since", "until") else str(value)
     return orjson.dumps(out).decode()
 
 
@@ -128,24 +129,17 @@ def parse_names(value: Any, key: str = "destinations") -> tuple[str, ...]:
     return tuple(dict.fromkeys(value))
 
 
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    text = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")
-
-
 def event_json(e: EventRecord) -> dict[str, Any]:
     return {
         "id": e.id,
-        "received_at": iso(e.received_at),
+        "received_at": iso_utc(e.received_at),
         "received_at_unix": e.received_at,
         "inbound": e.inbound,
         "type": e.type,
         "source": e.source,
         "list_id": e.list_id,
         "email": e.email,
-        "fired_at": iso(e.fired_at),
+        "fired_at": iso_utc(e.fired_at),
         "fired_at_unix": e.fired_at,
         "parse_error": e.parse_error,
         "duplicate_of": e.duplicate_of,
@@ -161,7 +155,7 @@ def request_json(r: RawRequest) -> dict[str, Any]:
         "headers": [list(h) for h in r.headers],
         "content_type": r.content_type,
         "peer": r.peer,
-        "received_at": iso(r.received_at),
+        "received_at": iso_utc(r.received_at),
         "received_at_unix": r.received_at,
         "body_b64": base64.b64encode(r.body).decode("ascii"),
     }
@@ -170,7 +164,7 @@ def request_json(r: RawRequest) -> dict[str, Any]:
 def attempt_json(a: AttemptRecord) -> dict[str, Any]:
     return {
         "number": a.number,
-        "started_at": iso(a.started_at),
+        "started_at": iso_utc(a.started_at),
         "started_at_unix": a.started_at,
         "duration": a.duration,
         "outcome": a.outcome,
@@ -187,10 +181,10 @@ def delivery_json(d: DeliveryRecord, with_attempts: bool = False) -> dict[str, A
         "destination": d.destination,
         "state": d.state.value,
         "attempts": d.attempts,
-        "next_attempt_at": iso(d.next_attempt_at),
-        "created_at": iso(d.created_at),
-        "updated_at": iso(d.updated_at),
-        "delivered_at": iso(d.delivered_at),
+        "next_attempt_at": iso_utc(d.next_attempt_at),
+        "created_at": iso_utc(d.created_at),
+        "updated_at": iso_utc(d.updated_at),
+        "delivered_at": iso_utc(d.delivered_at),
         "last_status": d.last_status,
         "last_error": d.last_error,
         "replay_id": d.replay_id,
@@ -207,7 +201,7 @@ def listing_json(item: DeliveryListing) -> dict[str, Any]:
         "source": item.source,
         "type": item.type,
         "email": item.email,
-        "received_at": iso(item.received_at),
+        "received_at": iso_utc(item.received_at),
     }
 
 
@@ -217,12 +211,12 @@ def replay_json(r: ReplayRecord) -> dict[str, Any]:
         "replay_id": r.id,
         "state": r.state.value,
         "requested_by": r.requested_by,
-        "requested_at": iso(r.requested_at),
+        "requested_at": iso_utc(r.requested_at),
         "filter": orjson.loads(r.filter),
         "destinations": list(r.destinations),
         "total": r.total,
         "matched": r.matched,
         "created": r.created,
-        "finished_at": iso(r.finished_at),
+        "finished_at": iso_utc(r.finished_at),
         "per_destination": dict(r.per_destination),
     }

@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 
 class DeliveryState(enum.StrEnum):
@@ -59,12 +60,24 @@ def new_id() -> str:
         else:
             rand = int.from_bytes(os.urandom(10), "big") >> 1
         _last_id_ms, _last_id_rand = ms, rand
-    value = (ms << 80) | (rand & ((1 << 80) - 1))
+    return encode_ulid((ms << 80) | (rand & ((1 << 80) - 1)))
+
+
+def encode_ulid(value: int) -> str:
+    """A 128-bit value as 26 Crockford base32 characters, most significant first."""
     chars = []
     for _ in range(26):
         chars.append(_CROCKFORD[value & 31])
         value >>= 5
     return "".join(reversed(chars))
+
+
+def iso_utc(ts: float | None) -> str | None:
+    """Unix seconds as ISO-8601 UTC with milliseconds (``2026-11-02T10:00:00.123Z``)."""
+    if ts is None:
+        return None
+    text = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)

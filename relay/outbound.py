@@ -9,23 +9,16 @@ timestamped at send time, so a replay days later still verifies.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from relay import mailchimp
 from relay.config import DestinationConfig
-from relay.model import ClaimedDelivery, InboundKind
+from relay.model import ClaimedDelivery, InboundKind, iso_utc
 from relay.signing import standard_webhook_headers
 
 JSON_CONTENT_TYPE = "application/json"
-
-
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parsed_data(kind: InboundKind | None, body: bytes, content_type: str) -> tuple[Any, str | None]:
@@ -49,8 +42,8 @@ def envelope(delivery: ClaimedDelivery, kind: InboundKind | None) -> bytes:
         "inbound": delivery.inbound,
         "source": delivery.source,
         "type": delivery.type,
-        "fired_at": iso(delivery.fired_at),
-        "received_at": iso(delivery.received_at),
+        "fired_at": iso_utc(delivery.fired_at),
+        "received_at": iso_utc(delivery.received_at),
         "replay": delivery.replay,
         "data": data,
     }

@@ -25,6 +25,7 @@ from relay.model import (
     ReplayCandidate,
     ReplayRecord,
     ReplayState,
+    encode_ulid,
 )
 from relay.store.base import StoreError
 from relay.store.sqlite_rows import (
@@ -38,18 +39,12 @@ from relay.store.sqlite_rows import (
 # (the body is read first, possibly slowly). Time filters bound the id with this much slack, so
 # the primary key narrows the search, and compare received_at exactly on what the bound lets in.
 ID_SLACK = 3600.0
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _UNFINISHED = "('pending', 'delivering', 'paused')"
 
 
 def id_bound(ts: float) -> str:
     """The smallest event id (ULID) that can be made at Unix time ``ts``."""
-    value = max(0, int(ts * 1000)) << 80
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    return encode_ulid(max(0, int(ts * 1000)) << 80)
 
 
 def _prefixed(columns: str, alias: str) -> str:
