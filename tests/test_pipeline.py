@@ -12,6 +12,7 @@ from relay.model import DeliveryState
 from tests.support import (
     SAMPLES,
     RelayFactory,
+    RelayUnderTest,
     Sink,
     config_text,
     destination,
@@ -175,11 +176,8 @@ async def test_retry_after_is_capped_at_max_delay(
     await wait_until(lambda: len(sink.at("/crm")) == 2, timeout=5.0, what="the capped retry")
 
 
-async def _final_state(relay_under_test: object, event_id: str) -> DeliveryState:
-    from tests.support import RelayUnderTest
-
-    assert isinstance(relay_under_test, RelayUnderTest)
-    detail = await relay_under_test.relay.store.get_event(event_id)
+async def _final_state(relay: RelayUnderTest, event_id: str) -> DeliveryState:
+    detail = await relay.relay.store.get_event(event_id)
     assert detail is not None
     return detail.deliveries[0].state
 
@@ -205,7 +203,6 @@ async def test_delivery_is_dead_after_max_attempts(
     detail = await relay.relay.store.get_event(event_id)
     assert detail is not None
     assert detail.deliveries[0].last_error == "gave up after 3 attempts"
-    await relay.relay.refresh_stats()
     assert len(sink.at("/crm")) == 3  # no fourth attempt
 
 
@@ -274,9 +271,8 @@ async def test_pending_deliveries_resume_after_restart(
         return True
 
     await wait_until(all_delivered, what="every event delivered after the restart")
-    assert sorted(r.body for r in sink.at("/crm")) == sorted(set(bodies)) or {
-        r.body for r in sink.at("/crm")
-    } == set(bodies)
+    # At least once: every stored body reached the destination after the restart.
+    assert {r.body for r in sink.at("/crm")} == set(bodies)
 
 
 async def test_store_failure_answers_503_and_nothing_is_delivered(
