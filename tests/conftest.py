@@ -1,5 +1,15 @@
 """Fixtures live in tests/support.py so test modules can import its helpers by name."""
 
+import os
+
+from hypothesis import settings
+
 from tests.support import sink, start_relay
+
+# `make test` must give the same answer on every run, so CI never fails on an example that no
+# one has seen before; `RELAY_HYPOTHESIS_PROFILE=explore make test` searches fresh examples.
+settings.register_profile("repeatable", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("RELAY_HYPOTHESIS_PROFILE", "repeatable"))
 
 __all__ = ["sink", "start_relay"]

@@ -5,7 +5,7 @@ import re
 from typing import Any
 from urllib.parse import quote_plus
 
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from relay.mailchimp import (
@@ -49,11 +49,17 @@ def depth(value: Any) -> int:
 
 @QUICK
 @given(documents)
+@example({"data": ""})  # found by CI: a flat `data` value is flagged, and that is right
 def test_encode_then_parse_round_trips(fields: dict[str, Any]) -> None:
     assume(not fields or depth(fields) <= MAX_DEPTH)
     event = parse_audience(encode_audience(fields))
     assert event.fields == fields
-    assert not [w for w in event.warnings if not w.startswith(("unrecognised_type", "bad_fired"))]
+    # A round-tripped document is well formed, so the only warnings left are about its values:
+    # an odd type, an unparseable fired_at, or a `data` that is a plain value rather than a map.
+    expected = ("unrecognised_type", "bad_fired")
+    if "data" in fields and not isinstance(fields["data"], dict):
+        expected += ("data_not_nested",)
+    assert not [w for w in event.warnings if not w.startswith(expected)]
 
 
 @QUICK
