@@ -34,6 +34,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PARSE_INLINE_BYTES = 256 * 1024
 
 
+def _storable(text: str) -> str:
+    """Text with undecodable bytes (lone surrogates from aiohttp) replaced, so it can be stored."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _text(status: int, reason: str) -> web.Response:
     return web.Response(status=status, text=reason + "\n")
 
@@ -125,17 +132,18 @@ class Ingest:
         if (reason := self._signature_problem(inbound, request, body, received_at)) is not None:
             return self._reject(inbound, "rejected_auth", 401, reason, request)
 
+        # Headers come from the raw bytes: aiohttp's decoded values can carry lone surrogates
+        # for non-UTF-8 bytes, which no database can store as text.
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
         raw = RawRequest(
             id=new_id(),
             inbound=inbound.name,
             method=request.method,
             path=request.path,
-            query=mask_query(request.query_string),
-            headers=mask_headers(
-                [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
-            ),
+            query=mask_query(_storable(request.query_string)),
+            headers=mask_headers(headers),
             body=body,
-            content_type=request.headers.get("Content-Type", ""),
+            content_type=next((v for k, v in headers if k.lower() == "content-type"), ""),
             peer=request.remote or "",
             received_at=received_at,
         )

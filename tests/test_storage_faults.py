@@ -5,12 +5,18 @@ and both recover by themselves once storage does; everything acknowledged is del
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 
+from relay.config import StorageConfig
+from relay.model import RawRequest, new_id
+from relay.store import StoreError
+from relay.store.sqlite import SqliteStore
 from tests.support import (
     RelayFactory,
     RelayUnderTest,
@@ -119,3 +125,94 @@ async def test_full_database_answers_503_never_200_and_recovers_when_space_is_fr
     await wait_until(lambda: unfinished(db) == 0, timeout=20, what="every delivery to finish")
     assert set(acked) <= {r.body for r in sink.at("/crm")}
     print(f"\n[full] acknowledged={len(acked)} refused_with_503={len(refused)} lost=0")
+
+
+async def raw_post(relay: RelayUnderTest, head: bytes, body: bytes) -> bytes:
+    """POST with header bytes no HTTP client library would send; the status line comes back."""
+    assert relay.server is not None and relay.server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.server.port)
+    try:
+        writer.write(
+            b"POST /hooks/user?secret=s3cret HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n"
+            + head
+            + b"Content-Length: %d\r\n\r\n" % len(body)
+            + body
+        )
+        await writer.drain()
+        return (await reader.readline()).rstrip()
+    finally:
+        writer.close()
+
+
+async def test_a_non_utf8_content_type_is_stored_and_does_not_fail_its_neighbours(
+    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+) -> None:
+    db = tmp_path / "relay.db"
+    relay = await start_relay(config_text(db, destination("crm", sink.url("/crm"))))
+    bodies = unique_bodies()
+    good = [next(bodies) for _ in range(20)]
+    odd = next(bodies)
+    # All in flight together, so they share commits with the odd one.
+    statuses = await asyncio.gather(
+        *(relay.post("/hooks/user", body) for body in good),
+        raw_post(relay, b"Content-Type: application/x-www-form-urlencoded; charset=\xff\r\n", odd),
+    )
+    assert [s for s, _ in statuses[:-1]] == [200] * len(good)
+    assert statuses[-1] == b"HTTP/1.1 200 OK"
+    assert sorted(stored_bodies(db)) == sorted([*good, odd])
+    with sqlite3.connect(db) as conn:
+        (content_type,) = conn.execute(
+            "SELECT content_type FROM requests WHERE body = ?", (odd,)
+        ).fetchone()
+    assert content_type == "application/x-www-form-urlencoded; charset=\xff"  # the byte, as latin-1
+    await wait_until(lambda: {r.body for r in sink.at("/crm")} == {*good, odd})
+
+
+async def test_an_operation_that_cannot_be_stored_fails_alone(tmp_path: Path) -> None:
+    store = SqliteStore(StorageConfig(url=f"sqlite:///{tmp_path / 'relay.db'}"))
+    await store.open()
+    try:
+
+        def request(content_type: str) -> RawRequest:
+            return RawRequest(
+                new_id(), "audience-user", "POST", "/hooks/user", "", (), BODY, content_type,
+                "127.0.0.1", time.time(),
+            )  # fmt: skip
+
+        good, bad = request("text/plain"), request("text/plain; \udcff")
+        outcomes = await asyncio.gather(
+            store.ingest(good, ()), store.ingest(bad, ()), return_exceptions=True
+        )
+        assert outcomes[0] == {}
+        assert isinstance(outcomes[1], StoreError)
+        assert "internal error" in str(outcomes[1])
+        # The writer survives it: the next batch commits as usual.
+        later = request("text/plain")
+        assert await store.ingest(later, ()) == {}
+    finally:
+        await store.close()
+    with sqlite3.connect(tmp_path / "relay.db") as conn:
+        stored = {r[0] for r in conn.execute("SELECT id FROM requests")}
+    assert stored == {good.id, later.id}
+
+
+async def test_a_lock_held_elsewhere_fails_every_waiting_request_within_one_busy_timeout(
+    tmp_path: Path, start_relay: RelayFactory
+) -> None:
+    db = tmp_path / "relay.db"
+    relay = await start_relay(config_text(db))
+    busy_timeout = relay.settings.storage.busy_timeout
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        bodies = unique_bodies()
+        started = time.perf_counter()
+        statuses = await asyncio.gather(*(relay.post("/hooks/user", next(bodies)) for _ in range(8)))
+        elapsed = time.perf_counter() - started
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert {s for s, _ in statuses} == {503}
+    # Retrying each of the 8 alone would take 8 busy timeouts or more; a batch that shares a
+    # lock failure fails together. Three timeouts leave room for a second batch and a slow CI.
+    assert elapsed < 3 * busy_timeout + 1.0, elapsed

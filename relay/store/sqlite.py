@@ -85,6 +85,12 @@ def _pragmas(config: StorageConfig) -> list[str]:
     ]
 
 
+def _is_locked(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "locked" in str(exc) or "busy" in str(exc)
+    )
+
+
 class SqliteStore(SqliteAdminMixin, Store):
     """SQLite backend. One writer connection on its own thread, one aiosqlite reader."""
 
@@ -204,20 +210,22 @@ class SqliteStore(SqliteAdminMixin, Store):
             outcome = await self._on_writer(
                 apply_batch, self._writer, ops, self._paused, self.dedup_window
             )
-        except sqlite3.Error as exc:
-            if len(ops) > 1:
+        except Exception as exc:
+            # A lock held by another connection fails every op alike, and retrying them one by
+            # one would make the k-th caller wait k busy timeouts: fail the batch at once.
+            if len(ops) > 1 and not _is_locked(exc):
                 for op in ops:
                     await self._run_isolated([op])
                 return
-            log.error("storage write failed: %s", exc)
-            if not ops[0].future.done():
-                ops[0].future.set_exception(StoreError(str(exc)))
-            return
-        except Exception as exc:  # a bug in an operation: fail its callers, keep the writer
-            log.exception("storage operation failed")
+            if isinstance(exc, sqlite3.Error):
+                log.error("storage write failed: %s", exc)
+                reason = str(exc)
+            else:  # a bug in an operation: fail its callers, keep the writer
+                log.exception("storage operation failed")
+                reason = f"internal error: {exc!r}"
             for op in ops:
                 if not op.future.done():
-                    op.future.set_exception(StoreError(f"internal error: {exc!r}"))
+                    op.future.set_exception(StoreError(reason))
             return
         if self.on_commit is not None:
             self.on_commit(len(ops), time.perf_counter() - started)
