@@ -46,7 +46,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # isdigit alone admits "²", which float() refuses
         return float(value)
     try:
         when: datetime = email.utils.parsedate_to_datetime(value)

@@ -8,6 +8,7 @@ timestamped at send time, so a replay days later still verifies.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,6 +53,17 @@ def envelope(delivery: ClaimedDelivery, kind: InboundKind | None) -> bytes:
     return orjson.dumps(doc)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def header_value(text: str) -> str:
+    """Text from a webhook made safe for a header: a control character becomes "?".
+
+    aiohttp refuses to send one, so an event type with a newline in it would fail every attempt.
+    """
+    return _CONTROL.sub("?", text) if not text.isprintable() else text
+
+
 def build_request(
     destination: DestinationConfig,
     delivery: ClaimedDelivery,
@@ -68,9 +80,9 @@ def build_request(
     headers = dict(destination.headers)
     headers.update(
         {
-            "Content-Type": content_type,
+            "Content-Type": header_value(content_type),
             "X-Relay-Event-Id": delivery.event_id,
-            "X-Relay-Event-Type": delivery.type,
+            "X-Relay-Event-Type": header_value(delivery.type),
             "X-Relay-Source": delivery.source,
             "X-Relay-Inbound": delivery.inbound,
             "X-Relay-Attempt": str(delivery.attempt),

@@ -74,6 +74,8 @@ def test_retry_after_is_used_for_429_and_503_and_capped() -> None:
         ("", None),
         (None, None),
         ("-1", None),
+        ("\u00b2", None),  # a Unicode digit: str.isdigit() says yes, float() says no
+        ("\u0663", None),
     ],
 )
 def test_parse_retry_after(header: str | None, expected: float | None) -> None:

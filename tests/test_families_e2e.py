@@ -286,6 +286,20 @@ async def test_retried_webhook_is_stored_but_delivered_once(
     assert len(db_rows(db, "SELECT id FROM requests")) == 4
 
 
+async def test_a_control_character_in_the_type_does_not_stop_delivery(
+    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+) -> None:
+    db = tmp_path / "relay.db"
+    relay = await start_relay(config_text(db, destination("all", sink.url("/all"))))
+    body = sample("mc_doc_subscribe.txt").replace(b"type=subscribe", b"type=sub%0Ascribe")
+    assert (await relay.post("/hooks/user", body))[0] == 200
+    await wait_until(lambda: len(sink.at("/all")) == 1)
+    (got,) = sink.at("/all")
+    # The header cannot carry the newline; the stored event and the body keep it.
+    assert (got.body, got.headers["X-Relay-Event-Type"]) == (body, "sub?scribe")
+    assert db_rows(db, "SELECT type FROM events") == [("sub\nscribe",)]
+
+
 async def test_dedup_window_zero_disables_dedup(
     tmp_path: Path, sink: Sink, start_relay: RelayFactory
 ) -> None:
