@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from pathlib import Path
@@ -220,6 +221,38 @@ async def test_pause_holds_deliveries_and_resume_drains_them(
         what="the held deliveries to drain",
     )
     assert registry.get_sample_value("relay_destination_paused", {"destination": "crm"}) == 0
+
+
+async def test_a_retry_left_pending_by_a_pause_does_not_make_the_worker_poll(
+    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+) -> None:
+    db = tmp_path / "relay.db"
+    sink.on("/crm", 503)
+    sink.delay["/crm"] = 0.5
+    dests = destination(
+        "crm", sink.url("/crm"), retry={"max_attempts": 50, "initial_delay": 0.05, "max_delay": 0.05}
+    )
+    relay = await start_relay(config_text(db, dests, extra=ADMIN_TABLE))
+    await relay.post("/hooks/user", subscribe_body("inflight@example.com"))
+    await wait_until(lambda: _rows(db, "SELECT state FROM deliveries") == [("delivering",)])
+    # Paused mid-attempt: the attempt fails after the pause and leaves a due retry, pending.
+    assert (await admin_call(relay, "POST", "/admin/destinations/crm/pause"))[0] == 200
+    await wait_until(lambda: _rows(db, "SELECT state, attempts FROM deliveries") == [("pending", 1)])
+    registry: CollectorRegistry = relay.relay.metrics.registry
+
+    def commits() -> float:
+        return registry.get_sample_value("relay_store_commit_batch_size_count") or 0.0
+
+    before = commits()
+    await asyncio.sleep(1.0)
+    # Claiming for a paused destination would be one transaction per loop, about 100 a second.
+    assert commits() - before < 5
+    assert len(sink.at("/crm")) == 1
+
+    sink.on("/crm", 200)
+    sink.delay["/crm"] = 0.0
+    assert (await admin_call(relay, "POST", "/admin/destinations/crm/resume"))[0] == 200
+    await wait_until(lambda: _rows(db, "SELECT state FROM deliveries") == [("delivered",)])
 
 
 async def test_live_events_overtake_a_large_background_replay(

@@ -96,7 +96,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def next_due(self, destination: str) -> float | None:
-        """When the earliest pending (or leased) delivery of ``destination`` becomes due."""
+        """When the earliest pending (or leased) delivery of ``destination`` becomes due; None
+        when there is none, or while the destination is paused (resume wakes its worker)."""
 
     @abc.abstractmethod
     async def ping(self) -> None:

@@ -271,6 +271,10 @@ class SqliteStore(SqliteAdminMixin, Store):
             raise StoreError(str(exc)) from None
 
     async def next_due(self, destination: str) -> float | None:
+        if destination in self._paused:
+            # Nothing is claimed for it until resume, which wakes its worker: a due retry
+            # left pending by the pause must not make the worker poll.
+            return None
         rows = await self._read(_NEXT_DUE, (destination,))
         value = rows[0][0] if rows else None
         return float(value) if value is not None else None
