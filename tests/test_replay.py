@@ -9,7 +9,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from relay.model import NewEvent, RawRequest, new_id
+from relay.model import NewEvent, NewReplay, RawRequest, new_id
 from tests.support import (
     ADMIN_TABLE,
     RelayFactory,
@@ -230,14 +230,18 @@ async def test_a_retry_left_pending_by_a_pause_does_not_make_the_worker_poll(
     sink.on("/crm", 503)
     sink.delay["/crm"] = 0.5
     dests = destination(
-        "crm", sink.url("/crm"), retry={"max_attempts": 50, "initial_delay": 0.05, "max_delay": 0.05}
+        "crm",
+        sink.url("/crm"),
+        retry={"max_attempts": 50, "initial_delay": 0.05, "max_delay": 0.05},
     )
     relay = await start_relay(config_text(db, dests, extra=ADMIN_TABLE))
     await relay.post("/hooks/user", subscribe_body("inflight@example.com"))
     await wait_until(lambda: _rows(db, "SELECT state FROM deliveries") == [("delivering",)])
     # Paused mid-attempt: the attempt fails after the pause and leaves a due retry, pending.
     assert (await admin_call(relay, "POST", "/admin/destinations/crm/pause"))[0] == 200
-    await wait_until(lambda: _rows(db, "SELECT state, attempts FROM deliveries") == [("pending", 1)])
+    await wait_until(
+        lambda: _rows(db, "SELECT state, attempts FROM deliveries") == [("pending", 1)]
+    )
     registry: CollectorRegistry = relay.relay.metrics.registry
 
     def commits() -> float:
@@ -350,6 +354,52 @@ async def test_prune_never_deletes_an_event_with_an_unfinished_delivery(
     assert _rows(db, "SELECT count(*) FROM attempts") == [(1,)]
     status, _ = await admin_call(relay, "POST", "/admin/prune", {"older_than_days": -1})
     assert status == 400
+
+
+async def test_a_replay_racing_prune_makes_no_delivery_for_a_pruned_event(
+    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+) -> None:
+    db = tmp_path / "relay.db"
+    relay = await start_relay(
+        config_text(db, destination("crm", sink.url("/crm")), extra=ADMIN_TABLE)
+    )
+    store = relay.relay.store
+    await relay.post("/hooks/user", subscribe_body("gone@example.com"))
+    await wait_until(lambda: len(sink.at("/crm")) == 1)
+    cutoff = time.time()
+    await asyncio.sleep(0.01)
+    await relay.post("/hooks/user", subscribe_body("kept@example.com"))
+    await wait_until(lambda: len(sink.at("/crm")) == 2)
+    (gone, _), (kept, _) = _rows(db, "SELECT id, email FROM events ORDER BY email")
+    # What a background replay does between reading its candidates and writing deliveries,
+    # with a retention prune in between that takes one of the events.
+    replay_id = await store.start_replay(NewReplay("test", "{}", ("crm",), 2), time.time())
+    await wait_until(
+        lambda: _rows(db, "SELECT count(*) FROM deliveries WHERE state = 'delivered'") == [(2,)]
+    )
+    assert (await store.prune(cutoff)).deleted_events == 1
+    created = await store.add_replay_deliveries(
+        replay_id, [(gone, "crm"), (kept, "crm")], 2, time.time()
+    )
+    assert [(c.event_id, c.destination) for c in created] == [(kept, "crm")]
+    await wait_until(lambda: len(sink.at("/crm")) == 3, what="the replay of the kept event")
+    assert _rows(db, "SELECT count(*) FROM deliveries WHERE event_id = ?", gone) == [(0,)]
+    record = await store.get_replay(replay_id)
+    assert record is not None and record.created == 1
+
+    # A delivery left without its event (by an older relay, or by hand) is given up at its
+    # first claim instead of being leased again and again.
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO deliveries (event_id, destination, state, next_attempt_at, created_at,"
+            " updated_at) VALUES (?, 'crm', 'pending', 0, 0, 0)",
+            (gone,),
+        )
+    relay.relay.dispatcher.wake(["crm"])
+    await wait_until(
+        lambda: _rows(db, "SELECT state, last_error FROM deliveries WHERE event_id = ?", gone)
+        == [("dead", "its event is no longer stored")]
+    )
 
 
 async def test_retention_prunes_finished_events_in_the_background(

@@ -207,7 +207,9 @@ async def test_a_lock_held_elsewhere_fails_every_waiting_request_within_one_busy
     try:
         bodies = unique_bodies()
         started = time.perf_counter()
-        statuses = await asyncio.gather(*(relay.post("/hooks/user", next(bodies)) for _ in range(8)))
+        statuses = await asyncio.gather(
+            *(relay.post("/hooks/user", next(bodies)) for _ in range(8))
+        )
         elapsed = time.perf_counter() - started
     finally:
         blocker.execute("ROLLBACK")

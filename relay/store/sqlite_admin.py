@@ -281,24 +281,32 @@ class SqliteAdminMixin:
                     now,
                     now,
                     replay_id,
+                    event_id,
                 )
                 for event_id, name in pairs
             ]
-            first = conn.execute("SELECT coalesce(max(id), 0) FROM deliveries")
+            first = conn.execute("SELECT coalesce(max(id), 0) FROM deliveries").fetchone()[0]
+            # An event pruned since the replay read it gets no delivery: one without its event
+            # could be claimed but never sent, and would hold its lease forever.
             conn.executemany(
                 "INSERT INTO deliveries (event_id, destination, state, next_attempt_at,"
-                " created_at, updated_at, replay_id) VALUES (?,?,?,?,?,?,?)",
+                " created_at, updated_at, replay_id) SELECT ?,?,?,?,?,?,?"
+                " WHERE EXISTS (SELECT 1 FROM events WHERE id = ?)",
                 rows,
             )
+            made = [
+                CreatedDelivery(r[0], r[1], r[2], DeliveryState(r[3]))
+                for r in conn.execute(
+                    "SELECT id, event_id, destination, state FROM deliveries WHERE id > ?"
+                    " ORDER BY id",
+                    (first,),
+                )
+            ]
             conn.execute(
                 "UPDATE replays SET matched = matched + ?, created = created + ? WHERE id = ?",
-                (matched, len(rows), replay_id),
+                (matched, len(made), replay_id),
             )
-            made = conn.execute(
-                "SELECT id, event_id, destination, state FROM deliveries WHERE id > ? ORDER BY id",
-                (first.fetchone()[0],),
-            )
-            return [CreatedDelivery(r[0], r[1], r[2], DeliveryState(r[3])) for r in made]
+            return made
 
         created: list[CreatedDelivery] = await self.call(insert)
         self._notify_due(

@@ -267,7 +267,7 @@ def _claim(conn: sqlite3.Connection, op: ClaimOp) -> list[ClaimedDelivery]:
     if not ids:
         return []
     detail = conn.execute(_CLAIMED_DETAIL.format(ids=",".join("?" * len(ids))), ids)
-    return [
+    claimed = [
         ClaimedDelivery(
             id=row[0], event_id=row[1], destination=row[2], attempt=row[3], replay=bool(row[4]),
             inbound=row[5], source=row[6], type=row[7], received_at=row[8], body=bytes(row[9]),
@@ -275,3 +275,14 @@ def _claim(conn: sqlite3.Connection, op: ClaimOp) -> list[ClaimedDelivery]:
         )
         for row in detail
     ]  # fmt: skip
+    if len(claimed) < len(ids):
+        # A delivery whose event is gone can never be sent; left leased it would be claimed
+        # again at every lease expiry, forever.
+        orphans = set(ids) - {c.id for c in claimed}
+        conn.execute(
+            f"UPDATE deliveries SET state = 'dead', next_attempt_at = NULL, updated_at = ?,"
+            f" last_error = 'its event is no longer stored'"
+            f" WHERE id IN ({','.join('?' * len(orphans))})",
+            (op.now, *orphans),
+        )
+    return claimed
