@@ -172,13 +172,17 @@ class DestinationWorker:
             f"{f' error={result.error!r}' if result.error else ''}",
         )
 
+    def request_stop(self) -> None:
+        """Make ``run`` return once the claim it may be awaiting has come back."""
+        self._stopping = True
+        self._wake.set()
+
     async def stop(self, grace: float) -> None:
         """Stop claiming, give in-flight attempts ``grace`` seconds, then cancel them.
 
         A cancelled attempt keeps its lease and is retried after it, so nothing is lost.
         """
-        self._stopping = True
-        self._wake.set()
+        self.request_stop()
         if self._inflight:
             _, pending = await asyncio.wait(set(self._inflight), timeout=grace)
             for task in pending:
@@ -229,7 +233,17 @@ class Dispatcher:
             self._on_fatal(exc)
 
     async def stop(self, grace: float) -> None:
-        await asyncio.gather(*(w.stop(grace) for w in self.workers.values()))
+        for worker in self.workers.values():
+            worker.request_stop()
+        # A loop cancelled while awaiting a claim would leave what the claim committed leased
+        # and unsent until the lease ran out; let it come back, and its deliveries join the
+        # in-flight attempts that the grace period covers.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        if self._tasks:
+            await asyncio.wait(self._tasks.values(), timeout=grace)
+        left = max(0.0, deadline - loop.time())
+        await asyncio.gather(*(w.stop(left) for w in self.workers.values()))
         for task in self._tasks.values():
             if not task.done():
                 task.cancel()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import sqlite3
 from pathlib import Path
@@ -429,3 +430,38 @@ async def test_concurrent_requests_share_commits(
     # Group commit: far fewer transactions than operations.
     assert count < commits / 2
     await wait_until(lambda: len(sink.at("/crm")) == 200)
+
+
+async def test_stopping_while_a_claim_waits_sends_what_the_claim_took(
+    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+) -> None:
+    db = tmp_path / "relay.db"
+    sink.on("/crm", 503, 200)
+    dests = destination(
+        "crm", sink.url("/crm"), retry={"max_attempts": 5, "initial_delay": 0.4, "max_delay": 0.4}
+    )
+    # A long busy timeout: the retry's claim waits for the lock instead of failing.
+    text = config_text(db, dests).replace("busy_timeout = 0.3", "busy_timeout = 5")
+    relay = await start_relay(text)
+    assert (await relay.post("/hooks/user", sample("mc_doc_subscribe.txt")))[0] == 200
+
+    def rows() -> list[tuple[object, ...]]:
+        with sqlite3.connect(db) as conn:
+            return list(conn.execute("SELECT state, attempts FROM deliveries"))
+
+    await wait_until(lambda: rows() == [("pending", 1)], what="a first failed attempt")
+    # Another process holds the write lock when the retry falls due: its claim waits for it.
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        await asyncio.sleep(0.7)
+        stopping = asyncio.create_task(relay.relay.dispatcher.stop(grace=3.0))
+        await asyncio.sleep(0.2)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    await stopping
+    # The claim committed once the lock was free; its delivery was sent before the stop ended,
+    # not left leased and unsent until the lease ran out.
+    assert len(sink.at("/crm")) == 2
+    assert rows() == [("delivered", 2)]
