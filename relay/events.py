@@ -8,6 +8,7 @@ whatever Mailchimp sent is kept and can be replayed once the cause is understood
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -22,6 +23,18 @@ MANDRILL_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
 def _ts(value: datetime | None) -> float | None:
     return value.timestamp() if value is not None else None
+
+
+def _dedup_key(inbound: InboundConfig, natural: str | None, raw: bytes) -> str | None:
+    """The natural key (type, id, fired_at) plus a digest of the event's own bytes.
+
+    Mailchimp's retries repeat the request byte for byte, so the digest never hides one; but two
+    real events can share a natural key (a member's profile changed twice in one second, one id
+    on two lists), and without it the second would be stored as a duplicate and never delivered.
+    """
+    if natural is None:
+        return None
+    return f"{inbound.name}:{natural}:{hashlib.blake2b(raw, digest_size=8).hexdigest()}"
 
 
 def _header(request: RawRequest, name: str) -> str | None:
@@ -103,7 +116,7 @@ def _audience_event(
         email=parsed.email,
         fired_at=_ts(parsed.fired_at),
         parse_error=parsed.error,
-        dedup_key=f"{inbound.name}:{parsed.dedup_key}" if parsed.dedup_key else None,
+        dedup_key=_dedup_key(inbound, parsed.dedup_key, request.body),
     )
 
 
@@ -156,7 +169,7 @@ def _mandrill_events(
             data=e.data,
             email=e.email,
             fired_at=_ts(e.fired_at),
-            dedup_key=f"{inbound.name}:{e.dedup_key}" if e.dedup_key else None,
+            dedup_key=_dedup_key(inbound, e.dedup_key, e.raw),
             # Each element goes downstream as a one-event Mandrill batch, its JSON text unchanged,
             # so existing Mandrill handlers keep working and each delivery is one event.
             payload=mailchimp.rebatch_mandrill([e.raw]),

@@ -7,6 +7,7 @@ import json
 import sqlite3
 import time
 from pathlib import Path
+from urllib.parse import quote_plus
 
 import orjson
 import pytest
@@ -298,6 +299,44 @@ async def test_a_control_character_in_the_type_does_not_stop_delivery(
     # The header cannot carry the newline; the stored event and the body keep it.
     assert (got.body, got.headers["X-Relay-Event-Type"]) == (body, "sub?scribe")
     assert db_rows(db, "SELECT type FROM events") == [("sub\nscribe",)]
+
+
+async def test_distinct_events_sharing_a_natural_key_are_all_delivered(
+    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+) -> None:
+    db = tmp_path / "relay.db"
+    relay = await start_relay(
+        config_text(db, destination("all", sink.url("/all")), inbounds=INBOUNDS)
+    )
+    profile = sample("mc_doc_profile.txt")
+    renamed = profile.replace(b"FNAME%5D=Mailchimp", b"FNAME%5D=Renamed")
+    subscribe = sample("mc_doc_subscribe.txt")
+    other_list = subscribe.replace(b"a6b5da1054", b"b7c6eb2165")
+    assert renamed != profile and other_list != subscribe
+    # Same type, id and fired_at as their neighbour, different content: not retries.
+    audience = [profile, renamed, subscribe, other_list]
+    for body in audience:
+        assert (await relay.post("/hooks/user", body))[0] == 200
+    # Mandrill: two clicks on one message in the same second, on different links.
+    click = {"event": "click", "_id": "m1", "ts": 1420303407, "msg": {"email": "a@example.com"}}
+    clicks = [json.dumps({**click, "url": url}) for url in ("https://a.example", "https://b.example")]
+    mandrill_body = b"mandrill_events=" + quote_plus(f"[{','.join(clicks)}]").encode()
+    signature = mandrill_signature(MANDRILL_KEY, PUBLIC_URL, mandrill_body)
+    status, _ = await relay.post(
+        "/hooks/mandrill", mandrill_body, query="", headers={"X-Mandrill-Signature": signature}
+    )
+    assert status == 200
+    await wait_until(lambda: len(sink.at("/all")) == 6, what="every distinct event")
+    assert {r.body for r in sink.at("/all")} >= set(audience)
+    assert db_rows(db, "SELECT count(*) FROM events WHERE duplicate_of IS NOT NULL") == [(0,)]
+    # A byte-identical retry of either kind is still recognised.
+    assert (await relay.post("/hooks/user", renamed))[0] == 200
+    status, _ = await relay.post(
+        "/hooks/mandrill", mandrill_body, query="", headers={"X-Mandrill-Signature": signature}
+    )
+    assert status == 200
+    assert db_rows(db, "SELECT count(*) FROM events WHERE duplicate_of IS NOT NULL") == [(3,)]
+    assert len(sink.at("/all")) == 6
 
 
 async def test_dedup_window_zero_disables_dedup(
