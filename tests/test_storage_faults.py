@@ -12,12 +12,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from relay.config import StorageConfig
-from relay.model import RawRequest, new_id
+from relay.model import (
+    AttemptOutcome,
+    AttemptResult,
+    Decision,
+    DeliveryState,
+    NewEvent,
+    RawRequest,
+    new_id,
+)
 from relay.store import StoreError
 from relay.store.sqlite import SqliteStore
 from tests.support import (
+    FORM,
     RelayFactory,
     RelayUnderTest,
     Sink,
@@ -95,6 +105,8 @@ async def test_full_database_answers_503_never_200_and_recovers_when_space_is_fr
     # Ballast that the "operator" will delete later to free space (as a retention purge would).
     with sqlite3.connect(db) as conn:
         conn.execute("INSERT INTO meta (key, value) VALUES ('ballast', zeroblob(300000))")
+    # Held until the database is full, so that every attempt is recorded while it is.
+    await relay.relay.control.pause("crm")
     bodies = unique_bodies(size=6000)
     acked: list[bytes] = []
     refused: list[bytes] = []
@@ -113,6 +125,15 @@ async def test_full_database_answers_503_never_200_and_recovers_when_space_is_fr
     await ready_is(relay, 503)
     assert "storage is not writable: database or disk is full" in (await readyz(relay))[1]
     assert sorted(stored_bodies(db)) == sorted(acked)
+    # Still full, the room kept below the cap records what was already taken: every delivery
+    # finishes at its first attempt, none is sent again for want of space to record it.
+    await relay.relay.control.resume("crm")
+    await wait_until(
+        lambda: unfinished(db) == 0, timeout=20, what="deliveries to finish while full"
+    )
+    assert sorted(r.body for r in sink.at("/crm")) == sorted(acked)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT max(number) FROM attempts").fetchone() == (1,)
 
     with sqlite3.connect(db) as conn:
         conn.execute("DELETE FROM meta WHERE key = 'ballast'")
@@ -121,7 +142,6 @@ async def test_full_database_answers_503_never_200_and_recovers_when_space_is_fr
     assert (await relay.post("/hooks/user", retried))[0] == 200
     acked.append(retried)
     assert sorted(stored_bodies(db)) == sorted(acked)
-    # Attempts that could not be recorded while full are repeated; nothing acknowledged is lost.
     await wait_until(lambda: unfinished(db) == 0, timeout=20, what="every delivery to finish")
     assert set(acked) <= {r.body for r in sink.at("/crm")}
     print(f"\n[full] acknowledged={len(acked)} refused_with_503={len(refused)} lost=0")
@@ -218,3 +238,43 @@ async def test_a_lock_held_elsewhere_fails_every_waiting_request_within_one_busy
     # Retrying each of the 8 alone would take 8 busy timeouts or more; a batch that shares a
     # lock failure fails together. Three timeouts leave room for a second batch and a slow CI.
     assert elapsed < 3 * busy_timeout + 1.0, elapsed
+
+
+async def test_a_capped_database_that_refuses_webhooks_still_records_attempts(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(StorageConfig(url=f"sqlite:///{tmp_path / 'relay.db'}", max_size_mb=0.5))
+    await store.open()
+    try:
+        taken = 0
+        while True:  # small requests pack the pages tight, as a long import would
+            request = RawRequest(
+                new_id(), "audience-user", "POST", "/hooks/user", "", (),
+                b"type=subscribe&data[pad]=" + b"p" * 400, FORM, "127.0.0.1", time.time(),
+            )  # fmt: skip
+            event = NewEvent(
+                new_id(), request.id, "audience-user", "user", "subscribe",
+                request.received_at, ("crm",),
+            )  # fmt: skip
+            try:
+                await store.ingest(request, [event])
+            except StoreError as exc:
+                refusal = str(exc)
+                break
+            taken += 1
+        assert refusal == "database or disk is full"
+        with pytest.raises(StoreError, match="full"):
+            await store.ping()
+        # Everything taken is sent and recorded once; an attempt that could not be recorded
+        # would leave its delivery leased, to be sent again when the lease ran out.
+        recorded = 0
+        while claimed := await store.claim("crm", 64, time.time(), time.time() + 60):
+            for delivery in claimed:
+                result = AttemptResult(
+                    AttemptOutcome.SUCCESS, time.time(), 0.001, 200, response_head=b"ok" * 100
+                )
+                await store.complete(delivery, result, Decision(DeliveryState.DELIVERED))
+                recorded += 1
+        assert recorded == taken > 100
+    finally:
+        await store.close()

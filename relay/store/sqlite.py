@@ -40,6 +40,7 @@ from relay.store.sqlite_batch import (
     CompleteOp,
     IngestOp,
     Op,
+    PageLimits,
     PingOp,
     apply_batch,
 )
@@ -107,6 +108,7 @@ class SqliteStore(SqliteAdminMixin, Store):
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._paused: frozenset[str] = frozenset()
+        self._limits: PageLimits | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -143,8 +145,9 @@ class SqliteStore(SqliteAdminMixin, Store):
             if self.config.max_size_mb is not None:
                 # A cap refuses new webhooks (503, Mailchimp retries) before the disk fills.
                 page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-                pages = int(self.config.max_size_mb * 1024 * 1024) // page_size
-                conn.execute(f"PRAGMA max_page_count={max(1, pages)}")
+                pages = max(1, int(self.config.max_size_mb * 1024 * 1024) // page_size)
+                conn.execute(f"PRAGMA max_page_count={pages}")
+                self._limits = PageLimits.below(pages)
             migrate(conn)
             rows = conn.execute("SELECT name FROM destination_state WHERE paused = 1")
             self._paused = frozenset(r[0] for r in rows)
@@ -208,7 +211,7 @@ class SqliteStore(SqliteAdminMixin, Store):
         started = time.perf_counter()
         try:
             outcome = await self._on_writer(
-                apply_batch, self._writer, ops, self._paused, self.dedup_window
+                apply_batch, self._writer, ops, self._paused, self.dedup_window, self._limits
             )
         except Exception as exc:
             # A lock held by another connection fails every op alike, and retrying them one by

@@ -122,8 +122,40 @@ class BatchOutcome:
     due: set[str]
 
 
+@dataclass(frozen=True)
+class PageLimits:
+    """Where a size-capped database stops taking webhooks, and where it stops claiming.
+
+    Both sit below the hard cap (max_page_count), so that once ingest is refused there is still
+    room to record the attempts of what was already taken: a delivery whose successful attempt
+    cannot be recorded would be sent again at every lease expiry.
+    """
+
+    ingest: int
+    claim: int
+
+    @classmethod
+    def below(cls, hard_cap: int) -> PageLimits:
+        reserve = max(32, hard_cap // 20)
+        return cls(ingest=max(1, hard_cap - reserve), claim=max(1, hard_cap - reserve // 4))
+
+
+def _pages_used(conn: sqlite3.Connection) -> int:
+    pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+    return pages - int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+
+def _full() -> sqlite3.OperationalError:
+    # The words SQLite itself uses at the hard cap, so callers see one reason either way.
+    return sqlite3.OperationalError("database or disk is full")
+
+
 def apply_batch(
-    conn: sqlite3.Connection, ops: Sequence[Op], paused: frozenset[str], dedup_window: float
+    conn: sqlite3.Connection,
+    ops: Sequence[Op],
+    paused: frozenset[str],
+    dedup_window: float,
+    limits: PageLimits | None = None,
 ) -> BatchOutcome:
     """Apply ``ops`` in one transaction; on any error roll back and raise."""
     outcome = BatchOutcome(results=[None] * len(ops), due=set())
@@ -133,6 +165,8 @@ def apply_batch(
         if ingests:
             duplicates = _write_ingests(conn, [op for _, op in ingests], paused, dedup_window,
                                         outcome.due)  # fmt: skip
+            if limits is not None and _pages_used(conn) > limits.ingest:
+                raise _full()
             for (i, _), dups in zip(ingests, duplicates, strict=True):
                 outcome.results[i] = dups
         completes = [op for op in ops if isinstance(op, CompleteOp)]
@@ -140,7 +174,8 @@ def apply_batch(
             _write_completes(conn, completes)
         for i, op in enumerate(ops):
             if isinstance(op, ClaimOp):
-                outcome.results[i] = [] if op.destination in paused else _claim(conn, op)
+                full = limits is not None and _pages_used(conn) > limits.claim
+                outcome.results[i] = [] if full or op.destination in paused else _claim(conn, op)
             elif isinstance(op, PingOp):
                 conn.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('heartbeat', ?)",
@@ -152,6 +187,8 @@ def apply_batch(
                     "INSERT INTO meta (key, value) VALUES ('headroom', zeroblob(?))",
                     (PING_HEADROOM,),
                 )
+                if limits is not None and _pages_used(conn) > limits.ingest:
+                    raise _full()
                 conn.execute("DELETE FROM meta WHERE key = 'headroom'")
             elif isinstance(op, CallOp):
                 outcome.results[i] = op.fn(conn)
