@@ -68,8 +68,18 @@ def outcome_for_status(status: int) -> AttemptOutcome:
     return AttemptOutcome.SERVER_ERROR
 
 
-def decide(policy: RetryPolicy, attempt: int, result: AttemptResult, now: float) -> Decision:
-    """The state a delivery moves to after ``result`` of attempt number ``attempt``."""
+def decide(
+    policy: RetryPolicy,
+    attempt: int,
+    result: AttemptResult,
+    now: float,
+    created_at: float | None = None,
+) -> Decision:
+    """The state a delivery moves to after ``result`` of attempt number ``attempt``.
+
+    ``created_at`` is when the delivery was made; with ``max_age`` set, a retry that would fall
+    after ``created_at + max_age`` is not made.
+    """
     if result.outcome is AttemptOutcome.SUCCESS:
         return Decision(DeliveryState.DELIVERED)
     status = result.status
@@ -80,4 +90,10 @@ def decide(policy: RetryPolicy, attempt: int, result: AttemptResult, now: float)
     delay = backoff_delay(policy, attempt)
     if status in _RETRY_AFTER_STATUSES and result.retry_after is not None:
         delay = min(result.retry_after, policy.max_delay)
+    max_age = policy.max_age
+    if max_age is not None and created_at is not None and now + delay > created_at + max_age:
+        return Decision(
+            DeliveryState.DEAD,
+            reason=f"gave up after {attempt} attempts: max_age {max_age:g}s reached",
+        )
     return Decision(DeliveryState.PENDING, next_attempt_at=now + delay)

@@ -83,6 +83,8 @@ class RetryPolicy:
     max_attempts: int = 10
     initial_delay: float = 5.0
     max_delay: float = 3600.0
+    # Seconds from a delivery's creation after which no further attempt is made; None: no limit.
+    max_age: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,11 +436,16 @@ class _Reader:
             self.fail(f"{p}retry", "must be a table")
             retry_raw = {}
         rp = f"{p}retry."
-        self.unknown(retry_raw, rp, {"max_attempts", "initial_delay", "max_delay"})
+        self.unknown(retry_raw, rp, {"max_attempts", "initial_delay", "max_delay", "max_age"})
         retry = RetryPolicy(
             max_attempts=self.get(retry_raw, rp, "max_attempts", int, 10, _positive),
             initial_delay=self.get(retry_raw, rp, "initial_delay", float, 5.0, _positive),
             max_delay=self.get(retry_raw, rp, "max_delay", float, 3600.0, _positive),
+            max_age=(
+                self.get(retry_raw, rp, "max_age", float, 0.0, _positive)
+                if "max_age" in retry_raw
+                else None
+            ),
         )
         if retry.max_delay < retry.initial_delay:
             self.fail(f"{rp}max_delay", "must be at least initial_delay")

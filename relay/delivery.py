@@ -128,7 +128,8 @@ class DestinationWorker:
         dest = self.destination
         body, headers = build_request(dest, delivery, self.kinds, time.time())
         result = await self.sender.send(dest.url, body, headers, dest.timeout)
-        decision = decide(dest.retry, delivery.attempt, result, time.time())
+        now = time.time()
+        decision = decide(dest.retry, delivery.attempt, result, now, delivery.created_at)
         try:
             await self.store.complete(delivery, result, decision)
         except StoreError as exc:

@@ -134,6 +134,7 @@ class ClaimedDelivery:
     body: bytes
     content_type: str
     fired_at: float | None = None
+    created_at: float | None = None  # when the delivery was made (a replay's is the replay's)
 
 
 @dataclass(frozen=True, slots=True)

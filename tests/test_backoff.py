@@ -81,3 +81,22 @@ def test_retry_after_is_used_for_429_and_503_and_capped() -> None:
 def test_parse_retry_after(header: str | None, expected: float | None) -> None:
     now = 1445412450.0  # 2015-10-21 07:27:30 UTC
     assert parse_retry_after(header, now) == expected
+
+
+def test_max_age_ends_retries_that_would_fall_after_it() -> None:
+    aged = RetryPolicy(max_attempts=50, initial_delay=2.0, max_delay=40.0, max_age=60.0)
+    created = NOW - 50.0
+    # The next attempt would be 2-8 s from NOW: within 60 s of creation, so it is made.
+    d = decide(aged, 3, result(500), NOW, created)
+    assert d.state is DeliveryState.PENDING
+    # Nine seconds later it would fall at 61 s or after: dead, and the reason says why.
+    d = decide(aged, 4, result(500), NOW + 9.0, created)
+    assert d.state is DeliveryState.DEAD
+    assert d.reason == "gave up after 4 attempts: max_age 60s reached"
+    # A Retry-After past the age counts too; success is success whatever the age.
+    d = decide(aged, 3, result(429, retry_after=30.0), NOW, created)
+    assert d.state is DeliveryState.DEAD
+    assert decide(aged, 9, result(200), NOW + 1000.0, created).state is DeliveryState.DELIVERED
+    # Without max_age, or without a creation time, only attempts count.
+    assert decide(POLICY, 1, result(500), NOW + 1e9, created).state is DeliveryState.PENDING
+    assert decide(aged, 4, result(500), NOW + 9.0).state is DeliveryState.PENDING

@@ -65,6 +65,9 @@ def test_contract_example_loads_with_environment_substitution() -> None:
         5.0,
         3600.0,
     )
+    assert crm.retry.max_age is None
+    aged = parse_config(CONTRACT_EXAMPLE + "max_age = 86400\n", ENV)
+    assert aged.destinations[0].retry.max_age == 86400.0
 
 
 def test_missing_environment_variable_names_key_and_variable() -> None:
@@ -111,6 +114,10 @@ def test_missing_environment_variable_names_key_and_variable() -> None:
         (
             '[server]\nlisten = "8080"',
             "server.listen: must be host:port with a port from 1 to 65535",
+        ),
+        (
+            '[[destination]]\nname = "a"\nurl = "http://x"\n[destination.retry]\nmax_age = 0',
+            "destination[0].retry.max_age: must be greater than 0",
         ),
         ("[server]\nmax_body_bytes = -1", "server.max_body_bytes: must be greater than 0"),
         ("[server]\nread_timeout = 0", "server.read_timeout: must be greater than 0"),

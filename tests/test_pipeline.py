@@ -465,3 +465,23 @@ async def test_stopping_while_a_claim_waits_sends_what_the_claim_took(
     # not left leased and unsent until the lease ran out.
     assert len(sink.at("/crm")) == 2
     assert rows() == [("delivered", 2)]
+
+
+async def test_max_age_ends_retries_counted_from_the_delivery_creation(
+    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+) -> None:
+    db = tmp_path / "relay.db"
+    sink.on("/crm", 503)
+    retry = {"max_attempts": 100, "initial_delay": 0.1, "max_delay": 0.1, "max_age": 0.5}
+    relay = await start_relay(config_text(db, destination("crm", sink.url("/crm"), retry=retry)))
+    assert (await relay.post("/hooks/user", sample("mc_doc_subscribe.txt")))[0] == 200
+
+    def state() -> list[tuple[object, ...]]:
+        with sqlite3.connect(db) as conn:
+            return list(conn.execute("SELECT state, attempts, last_error FROM deliveries"))
+
+    await wait_until(lambda: state()[0][0] == "dead", what="max_age to end the retries")
+    ((_, attempts, last_error),) = state()
+    assert isinstance(attempts, int) and 2 <= attempts <= 6
+    assert last_error == f"gave up after {attempts} attempts: max_age 0.5s reached"
+    assert len(sink.at("/crm")) == attempts

@@ -55,7 +55,8 @@ RETURNING id
 _CLAIMED_DETAIL = """
 SELECT d.id, d.event_id, d.destination, d.attempts, d.replay_id IS NOT NULL,
        e.inbound, e.source, e.type, e.received_at,
-       coalesce(e.payload, r.body), coalesce(e.payload_content_type, r.content_type), e.fired_at
+       coalesce(e.payload, r.body), coalesce(e.payload_content_type, r.content_type), e.fired_at,
+       d.created_at
   FROM deliveries d JOIN events e ON e.id = d.event_id JOIN requests r ON r.id = e.request_id
  WHERE d.id IN ({ids})
  ORDER BY d.next_attempt_at, d.id
@@ -308,7 +309,7 @@ def _claim(conn: sqlite3.Connection, op: ClaimOp) -> list[ClaimedDelivery]:
         ClaimedDelivery(
             id=row[0], event_id=row[1], destination=row[2], attempt=row[3], replay=bool(row[4]),
             inbound=row[5], source=row[6], type=row[7], received_at=row[8], body=bytes(row[9]),
-            content_type=row[10], fired_at=row[11],
+            content_type=row[10], fired_at=row[11], created_at=row[12],
         )
         for row in detail
     ]  # fmt: skip
