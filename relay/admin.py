@@ -22,6 +22,8 @@ from relay.admin_json import (
     filter_json,
     listing_json,
     parse_filter,
+    parse_flag,
+    parse_id,
     parse_limit,
     parse_names,
     parse_object,
@@ -29,7 +31,7 @@ from relay.admin_json import (
     request_json,
 )
 from relay.config import Settings, redact_url
-from relay.control import Control, ReplayRequest, UnknownDestinationError
+from relay.control import Control, ReplayOutcome, ReplayRequest, UnknownDestinationError
 from relay.model import DeliveryState, ReplayState
 from relay.replay import inbound_kind, parsed_view
 from relay.store import Store, StoreError
@@ -146,11 +148,21 @@ class Admin:
 
     async def replay_event(self, request: web.Request) -> web.Response:
         body = parse_object(await request.read())
+        # A misspelt key must not turn "to these destinations" into "to every destination".
+        unknown = set(body) - {"destinations", "dry_run"}
+        if unknown:
+            raise BadRequestError(f"unknown key {sorted(unknown)[0]!r}")
+        dry_run = parse_flag(body, "dry_run")
         outcome = await self.control.replay_event(
-            request.match_info["id"], parse_names(body.get("destinations")), _operator(request)
+            request.match_info["id"],
+            parse_names(body.get("destinations")),
+            _operator(request),
+            dry_run=dry_run,
         )
         if outcome is None:
             return error(404, f"unknown event: {request.match_info['id']}")
+        if outcome.dry_run:
+            return json_response(_outcome_json(outcome))
         return json_response(
             {
                 "replay_id": outcome.replay_id,
@@ -169,9 +181,7 @@ class Admin:
         raw_filter = body.get("filter", {})
         if not isinstance(raw_filter, dict):
             raise BadRequestError("filter: expected a JSON object")
-        dry_run = body.get("dry_run", False)
-        if not isinstance(dry_run, bool):
-            raise BadRequestError("dry_run: expected true or false")
+        dry_run = parse_flag(body, "dry_run")
         where = parse_filter(raw_filter)
         outcome = await self.control.replay(
             ReplayRequest(
@@ -183,21 +193,12 @@ class Admin:
             )
         )
         running = outcome.state is ReplayState.RUNNING
-        return json_response(
-            {
-                "replay_id": outcome.replay_id,
-                "state": outcome.state.value,
-                "matched": outcome.matched,
-                "deliveries": outcome.deliveries,
-                "per_destination": outcome.per_destination,
-                "dry_run": outcome.dry_run,
-            },
-            status=202 if running else 200,
-        )
+        return json_response(_outcome_json(outcome), status=202 if running else 200)
 
     async def show_replay(self, request: web.Request) -> web.Response:
         text = request.match_info["id"]
-        record = await self.store.get_replay(int(text)) if text.isdigit() else None
+        number = parse_id(text)
+        record = await self.store.get_replay(number) if number is not None else None
         if record is None:
             return error(404, f"unknown replay: {text}")
         return json_response(replay_json(record))
@@ -209,13 +210,11 @@ class Admin:
             raise BadRequestError(f"unknown parameter {sorted(unknown)[0]!r}")
         state = parse_filter({"state": query.get("state")}).state
         cursor = query.get("cursor") or None
-        if cursor is not None and not cursor.isdigit():
+        after = parse_id(cursor) if cursor is not None else None
+        if cursor is not None and after is None:
             raise BadRequestError("cursor: expected a delivery id")
         page = await self.store.list_deliveries(
-            state,
-            query.get("destination") or None,
-            parse_limit(query.get("limit")),
-            int(cursor) if cursor is not None else None,
+            state, query.get("destination") or None, parse_limit(query.get("limit")), after
         )
         return json_response(
             {
@@ -260,8 +259,8 @@ class Admin:
     async def prune(self, request: web.Request) -> web.Response:
         body = parse_object(await request.read())
         days = body.get("older_than_days")
-        if isinstance(days, bool) or not isinstance(days, int | float) or days < 0:
-            raise BadRequestError("older_than_days: expected a number of days, 0 or more")
+        if isinstance(days, bool) or not isinstance(days, int | float) or not 0 <= days <= 36500:
+            raise BadRequestError("older_than_days: expected a number of days from 0 to 36500")
         result = await self.control.prune(float(days))
         return json_response(
             {
@@ -277,6 +276,17 @@ _COUNTED = (
     DeliveryState.PAUSED,
     DeliveryState.DEAD,
 )
+
+
+def _outcome_json(outcome: ReplayOutcome) -> dict[str, Any]:
+    return {
+        "replay_id": outcome.replay_id,
+        "state": outcome.state.value,
+        "matched": outcome.matched,
+        "deliveries": outcome.deliveries,
+        "per_destination": outcome.per_destination,
+        "dry_run": outcome.dry_run,
+    }
 
 
 def _operator(request: web.Request) -> str:

@@ -8,13 +8,14 @@ Every failure becomes an AdminError whose message is the one line the CLI prints
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
 import aiohttp
 import orjson
+
+from relay.sender import connect_reason
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -75,9 +76,7 @@ class AdminClient:
                 raw = await response.read()
                 status = response.status
         except aiohttp.ClientConnectorError as exc:
-            code = exc.os_error.errno
-            reason = os.strerror(code) if code else str(exc.os_error)
-            raise AdminError(f"cannot reach {self.url}: {reason.lower()}") from None
+            raise AdminError(f"cannot reach {self.url}: {connect_reason(exc).lower()}") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise AdminError(f"cannot reach {self.url}: {exc or type(exc).__name__}") from None
         try:

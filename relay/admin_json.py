@@ -49,19 +49,32 @@ class BadRequestError(Exception):
 def parse_time(key: str, value: Any) -> float:
     """Unix seconds, or an ISO-8601 date or date-time (UTC unless it names an offset)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        return _in_range(key, float(value))
     if not isinstance(value, str) or not value.strip():
         raise BadRequestError(f"{key}: expected an ISO-8601 time or Unix seconds")
     text = value.strip()
     if _NUMBER.fullmatch(text):
-        return float(text)
+        return _in_range(key, float(text))
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise BadRequestError(f"{key}: {text!r} is not an ISO-8601 time or Unix seconds") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+    return _in_range(key, parsed.timestamp())
+
+
+# 9999-12-31T23:59:59Z: beyond it a time cannot be shown as a date, and a larger number is
+# most likely milliseconds given where seconds were meant.
+_LATEST = 253402300799.0
+
+
+def _in_range(key: str, seconds: float) -> float:
+    if not 0.0 <= seconds <= _LATEST:
+        raise BadRequestError(
+            f"{key}: out of range (Unix seconds, not milliseconds, from 1970 to 9999)"
+        )
+    return seconds
 
 
 def parse_filter(raw: Mapping[str, Any], ignore: frozenset[str] = frozenset()) -> EventFilter:
@@ -104,9 +117,25 @@ def filter_json(where: EventFilter) -> str:
 def parse_limit(text: str | None) -> int:
     if text is None or text == "":
         return DEFAULT_LIMIT
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+    number = parse_id(text)
+    if number is None or not 1 <= number <= MAX_LIMIT:
         raise BadRequestError(f"limit: expected a whole number from 1 to {MAX_LIMIT}")
+    return number
+
+
+def parse_id(text: str) -> int | None:
+    """A non-negative integer that fits a database id, or None."""
+    # isdigit() alone admits digits such as "²" that int() refuses; SQLite ids are 64-bit.
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        return None
     return int(text)
+
+
+def parse_flag(body: Mapping[str, Any], key: str) -> bool:
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise BadRequestError(f"{key}: expected true or false")
+    return value
 
 
 def parse_object(body: bytes) -> dict[str, Any]:

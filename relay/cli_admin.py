@@ -16,6 +16,7 @@ import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import quote
 
 from relay import cli_output as out
 from relay.admin_client import AdminClient, AdminError
@@ -45,7 +46,10 @@ def _url(args: argparse.Namespace) -> str:
             raw = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise UsageError(f"cannot read {args.config}: {exc}") from None
-        listen = str(raw.get("server", {}).get("listen", "127.0.0.1:8080"))
+        server = raw.get("server", {})
+        if not isinstance(server, dict):
+            raise UsageError(f"{args.config}: server must be a table")
+        listen = str(server.get("listen", "127.0.0.1:8080"))
         host, _, port = listen.rpartition(":")
         if host in ("", "0.0.0.0", "::", "[::]"):
             host = "127.0.0.1"
@@ -59,6 +63,8 @@ def _token(args: argparse.Namespace) -> str:
             return Path(args.token_file).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise UsageError(f"cannot read token file {args.token_file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"token file {args.token_file} is not UTF-8 text") from None
     token = os.environ.get(TOKEN_ENV, "").strip()
     if not token:
         raise UsageError(f"no admin token: set {TOKEN_ENV} or pass --token-file")
@@ -125,7 +131,7 @@ async def events_list(client: AdminClient, args: argparse.Namespace) -> int:
 
 
 async def events_show(client: AdminClient, args: argparse.Namespace) -> int:
-    _, answer = await client.get(f"/admin/events/{args.id}")
+    _, answer = await client.get(f"/admin/events/{_segment(args.id)}")
     if args.body:
         sys.stdout.buffer.write(base64.b64decode(answer["request"]["body_b64"]))
         sys.stdout.flush()
@@ -142,7 +148,12 @@ async def replay(client: AdminClient, args: argparse.Namespace) -> int:
     if args.id:
         if where:
             raise UsageError("give an event ID or filters, not both")
-        _, answer = await client.post(f"/admin/events/{args.id}/replay", body)
+        path = f"/admin/events/{_segment(args.id)}/replay"
+        if args.dry_run:
+            _, preview = await client.post(path, {**body, "dry_run": True})
+            _emit(args, preview, out.replay_summary(preview))
+            return EXIT_OK
+        _, answer = await client.post(path, body)
         lines = [f"replay {answer['replay_id']}: event {args.id}"]
         lines += [f"  delivery {d['id']} -> {d['destination']} ({d['state']})"
                   for d in answer["deliveries"]]  # fmt: skip
@@ -218,13 +229,13 @@ async def destinations_list(client: AdminClient, args: argparse.Namespace) -> in
 
 
 async def destinations_pause(client: AdminClient, args: argparse.Namespace) -> int:
-    _, answer = await client.post(f"/admin/destinations/{args.name}/pause")
+    _, answer = await client.post(f"/admin/destinations/{_segment(args.name)}/pause")
     _emit(args, answer, f"{args.name}: paused ({answer['held']} pending deliveries held)")
     return EXIT_OK
 
 
 async def destinations_resume(client: AdminClient, args: argparse.Namespace) -> int:
-    _, answer = await client.post(f"/admin/destinations/{args.name}/resume")
+    _, answer = await client.post(f"/admin/destinations/{_segment(args.name)}/resume")
     _emit(args, answer, f"{args.name}: resumed ({answer['released']} held deliveries due now)")
     return EXIT_OK
 
@@ -345,3 +356,10 @@ def add_admin_commands(sub: Any) -> None:
     pr.add_argument("--older-than", type=float, required=True, metavar="DAYS", help="age in days")
     _common(pr)
     pr.set_defaults(func=run(prune))
+
+
+def _segment(value: str) -> str:
+    """One URL path segment: an id or name with "/" or ".." must not reach another route."""
+    if value in ("", ".", ".."):
+        raise UsageError(f"not a valid id or name: {value!r}")
+    return quote(value, safe="")

@@ -145,7 +145,9 @@ class Control:
         self.check_destinations(request.destinations)
         started = time.time()
         # Events that arrive while a replay runs are live traffic, not part of it.
-        until = min(request.where.until or started, started)
+        # (A `until` of 0 is a time like any other, not "unset".)
+        asked = request.where.until
+        until = min(asked if asked is not None else started, started)
         where = dataclasses.replace(request.where, until=until, originals_only=True)
         if request.dry_run:
             return await self._dry_run(where, request.destinations)
@@ -184,15 +186,23 @@ class Control:
         return _finished(replay_id, matched, created)
 
     async def replay_event(
-        self, event_id: str, destinations: tuple[str, ...], requested_by: str
+        self,
+        event_id: str,
+        destinations: tuple[str, ...],
+        requested_by: str,
+        *,
+        dry_run: bool = False,
     ) -> ReplayOutcome | None:
-        """Send one stored event again; None when no such event is stored."""
+        """Send one stored event again (or, dry, say where); None when no such event is stored."""
         self.check_destinations(destinations)
         detail = await self.store.get_event(event_id)
         if detail is None:
             return None
         candidate = ReplayCandidate(detail.event, detail.payload, detail.payload_content_type)
         names = destinations or targets(self.settings, candidate)
+        if dry_run:
+            per = dict.fromkeys(names, 1)
+            return ReplayOutcome(None, ReplayState.DONE, 1, len(per), per, True)
         filter_json = orjson.dumps({"id": event_id}).decode()
         replay_id = await self.store.start_replay(
             NewReplay(requested_by, filter_json, destinations, 1), time.time()
@@ -252,12 +262,17 @@ class Control:
         self, replay_id: int, where: EventFilter, destinations: tuple[str, ...]
     ) -> None:
         async def feed(events: int, pairs: list[tuple[str, str]]) -> None:
-            if not pairs:
-                await self._create(replay_id, [], events)
+            # Progress counts an event once its first delivery exists, so an interrupted
+            # replay's `matched` says how far it really got.
+            counted: set[str] = set()
             for start in range(0, len(pairs), self.feed):
                 chunk = pairs[start : start + self.feed]
                 await self._wait_for_room(replay_id, {name for _, name in chunk})
-                await self._create(replay_id, chunk, events if start == 0 else 0)
+                fresh = {event_id for event_id, _ in chunk} - counted
+                counted |= fresh
+                await self._create(replay_id, chunk, len(fresh))
+            if unrouted := events - len(counted):  # events no destination takes today
+                await self._create(replay_id, [], unrouted)
 
         state = ReplayState.FAILED
         try:

@@ -99,13 +99,19 @@ class Sender:
         )
 
 
+def connect_reason(exc: aiohttp.ClientConnectorError) -> str:
+    """Why a connection could not be made: "Connection refused", "Name or service not known"."""
+    err = exc.os_error
+    # asyncio words a refused connection "Connect call failed (host, port)"; errno says why.
+    # A resolver failure carries a negative getaddrinfo code, which os.strerror does not know.
+    reason = os.strerror(err.errno) if err.errno and err.errno > 0 else err.strerror
+    return str(reason or err)
+
+
 def describe_error(exc: BaseException) -> str:
     """A one-line reason for a failed connection, without the URL's credentials or a traceback."""
     if isinstance(exc, aiohttp.ClientConnectorError):
-        err = exc.os_error
-        # asyncio words a refused connection "Connect call failed (host, port)"; errno says why.
-        reason = os.strerror(err.errno) if err.errno and err.errno > 0 else err.strerror
-        return f"cannot connect: {reason or err}"
+        return f"cannot connect: {connect_reason(exc)}"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "server disconnected"
     if isinstance(exc, aiohttp.ClientPayloadError):

@@ -106,6 +106,11 @@ async def test_wrong_method_and_unknown_route_answer_json_errors(
         ("since=yesterday", "since: 'yesterday' is not an ISO-8601 time or Unix seconds"),
         ("limit=0", "limit: expected a whole number from 1 to 1000"),
         ("limit=1001", "limit: expected a whole number from 1 to 1000"),
+        ("limit=%C2%B2", "limit: expected a whole number from 1 to 1000"),
+        ("since=" + "9" * 400, "since: out of range (Unix seconds, not milliseconds"),
+        ("until=-" + "9" * 400, "until: out of range"),
+        ("until=1795936000000", "until: out of range"),
+        ("since=9999-12-31T23:59:59-05:00", "since: out of range"),
     ],
 )
 async def test_bad_event_filters_are_400_with_the_reason(
@@ -115,6 +120,40 @@ async def test_bad_event_filters_are_400_with_the_reason(
     status, answer = await admin_call(relay, "GET", f"/admin/events?{query}")
     assert status == 400
     assert answer["error"].startswith(reason)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "reason"),
+    [
+        ("GET", "/admin/deliveries?cursor=%C2%B2", None, "cursor: expected a delivery id"),
+        ("GET", "/admin/deliveries?cursor=" + "9" * 23, None, "cursor: expected a delivery id"),
+        ("POST", "/admin/replay", {"filter": {"until": 1795936000000}, "dry_run": True},
+         "until: out of range"),
+        ("POST", "/admin/replay", {"filter": {"since": 1e20}}, "since: out of range"),
+        ("POST", "/admin/events/X/replay", {"destination": ["crm"]}, "unknown key 'destination'"),
+        ("POST", "/admin/events/X/replay", {"dry_run": "yes"}, "dry_run: expected true or false"),
+        ("POST", "/admin/prune", {"older_than_days": 1e308}, "older_than_days: expected a number"),
+    ],
+)  # fmt: skip
+async def test_bad_admin_input_is_400_never_500(
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    reason: str,
+    tmp_path: Path,
+    sink: Sink,
+    start_relay: RelayFactory,
+) -> None:
+    relay = await _relay(start_relay, tmp_path, sink)
+    status, answer = await admin_call(relay, method, path, body)
+    assert (status, answer["error"][: len(reason)]) == (400, reason)
+
+
+async def test_odd_replay_ids_are_404(tmp_path: Path, sink: Sink, start_relay: RelayFactory) -> None:
+    relay = await _relay(start_relay, tmp_path, sink)
+    for text in ("%C2%B2", "9" * 23):
+        status, answer = await admin_call(relay, "GET", f"/admin/replays/{text}")
+        assert status == 404, answer
 
 
 async def test_event_filters_select_by_each_field(
@@ -271,3 +310,17 @@ async def test_dead_deliveries_are_listed_with_their_last_error(
     by_name = {d["name"]: d for d in listing["destinations"]}
     assert by_name["crm"]["counts"]["dead"] == 2 and by_name["crm"]["paused"] is False
     assert by_name["warehouse"]["counts"] == {"pending": 0, "delivering": 0, "paused": 0, "dead": 0}
+
+
+async def test_a_replay_until_the_epoch_matches_nothing(
+    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+) -> None:
+    relay = await _relay(start_relay, tmp_path, sink)
+    await _post_events(relay, 3)
+    for until in (0, "1970-01-01T00:00:00Z"):
+        status, answer = await admin_call(
+            relay, "POST", "/admin/replay", {"filter": {"until": until}, "dry_run": True}
+        )
+        assert (status, answer["matched"], answer["deliveries"]) == (200, 0, 0)
+    status, answer = await admin_call(relay, "POST", "/admin/replay", {"dry_run": True})
+    assert (status, answer["matched"]) == (200, 3)

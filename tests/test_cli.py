@@ -112,6 +112,11 @@ async def test_operator_commands_find_show_replay_pause_and_prune(
     body = await cli("events", "show", bob["id"], "--body", url=url)
     assert body.raw == subscribe_body("bob@example.com", kind="unsubscribe")
 
+    # A dry run of one event says where it would go and sends nothing.
+    dry_one = await cli("replay", bob["id"], "--dry-run", url=url)
+    assert dry_one.out.strip() == (
+        "dry run: 1 events match; would create 2 deliveries (crm 1, warehouse 1)"
+    )
     replayed = await cli("replay", bob["id"], "--to", "crm", "--operator", "erin", url=url)
     assert replayed.code == 0, replayed.err
     assert replayed.out.startswith("replay 1: event ") and "-> crm (pending)" in replayed.out
@@ -186,5 +191,29 @@ async def test_errors_are_one_line_and_exit_non_zero(running: Running) -> None:
 
     no_filter = await cli("replay", url=running.url)
     assert no_filter.code == 2 and no_filter.err.count("\n") == 1
-    for result in (refused, bad, missing, unknown, no_token, no_filter):
+
+    # A name with a slash stays one path segment: it cannot reach another admin route.
+    sideways = await cli("events", "show", "../destinations", url=running.url)
+    assert (sideways.code, sideways.err) == (1, "relay: unknown event: ../destinations\n")
+    dots = await cli("destinations", "pause", "..", url=running.url)
+    assert (dots.code, dots.err) == (2, "relay: not a valid id or name: '..'\n")
+
+    unresolvable = await cli("events", "list", url="http://relay.invalid:8080")
+    assert unresolvable.code == 1
+    assert unresolvable.err.startswith("relay: cannot reach http://relay.invalid:8080: ")
+    assert "unknown error" not in unresolvable.err
+
+    odd_config = running.config.parent / "odd.toml"
+    odd_config.write_text('server = "x"\n')
+    odd = await cli("destinations", "list", "--config", str(odd_config))
+    assert (odd.code, odd.err) == (2, f"relay: {odd_config}: server must be a table\n")
+    binary_token = running.config.parent / "token"
+    binary_token.write_bytes(b"\xff\xfe")
+    undecodable = await cli("destinations", "list", "--token-file", str(binary_token))
+    assert (undecodable.code, undecodable.err) == (
+        2,
+        f"relay: token file {binary_token} is not UTF-8 text\n",
+    )
+    results = (refused, bad, missing, unknown, no_token, no_filter, sideways, dots)
+    for result in (*results, unresolvable, odd, undecodable):
         assert "Traceback" not in result.err

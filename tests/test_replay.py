@@ -454,3 +454,27 @@ def test_routing_a_stored_event_parses_its_body_only_for_match_conditions() -> N
         event, subscribe_body("bob@example.com"), "application/x-www-form-urlencoded"
     )
     assert targets(settings, other) == ("subs",)
+
+
+async def test_a_paced_background_replay_reports_only_the_events_it_has_reached(
+    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+) -> None:
+    db = tmp_path / "relay.db"
+    sink.delay["/crm"] = 5.0  # one attempt in flight for the whole test; the rest wait
+    dests = destination("crm", sink.url("/crm"), concurrency=1, types=["unsubscribe"])
+    relay = await start_relay(config_text(db, dests, extra=ADMIN_TABLE))
+    control = relay.relay.control
+    control.inline_limit, control.walk_batch, control.feed = 5, 100, 5
+    for i in range(30):
+        assert (await relay.post("/hooks/user", subscribe_body(f"u{i}@example.com")))[0] == 200
+    status, answer = await admin_call(
+        relay, "POST", "/admin/replay", {"filter": {"type": "subscribe"}, "destinations": ["crm"]}
+    )
+    assert (status, answer["matched"]) == (202, 30)
+    path = f"/admin/replays/{answer['replay_id']}"
+    # The window for one slot is 10 waiting deliveries: the replay stops there for now.
+    await wait_until(lambda: _rows(db, "SELECT count(*) FROM deliveries") == [(10,)])
+    await asyncio.sleep(0.2)
+    _, progress = await admin_call(relay, "GET", path)
+    assert (progress["state"], progress["total"]) == ("running", 30)
+    assert progress["matched"] == progress["created"] == 10
