@@ -7,6 +7,7 @@ retries. Forwarding is never on this path, so the answer comes in milliseconds.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -153,6 +154,10 @@ class Ingest:
             events = await asyncio.to_thread(
                 derive_events, inbound, raw, self.settings.destinations
             )
+            # Ids are taken again here, with no await before the store queues them: ids made
+            # in the thread could be older than those of requests queued meanwhile, and an
+            # events cursor past those would then skip these.
+            events = [dataclasses.replace(e, id=new_id()) for e in events]
         try:
             duplicates = await self.store.ingest(raw, events)
         except StoreError as exc:
