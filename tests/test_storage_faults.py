@@ -38,6 +38,7 @@ from tests.support import (
     unfinished,
     wait_until,
 )
+from tests.test_bad_input import exchange, port_of, status_of
 
 BODY = sample("mc_doc_subscribe.txt")
 
@@ -147,23 +148,6 @@ async def test_full_database_answers_503_never_200_and_recovers_when_space_is_fr
     print(f"\n[full] acknowledged={len(acked)} refused_with_503={len(refused)} lost=0")
 
 
-async def raw_post(relay: RelayUnderTest, head: bytes, body: bytes) -> bytes:
-    """POST with header bytes no HTTP client library would send; the status line comes back."""
-    assert relay.server is not None and relay.server.port is not None
-    reader, writer = await asyncio.open_connection("127.0.0.1", relay.server.port)
-    try:
-        writer.write(
-            b"POST /hooks/user?secret=s3cret HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n"
-            + head
-            + b"Content-Length: %d\r\n\r\n" % len(body)
-            + body
-        )
-        await writer.drain()
-        return (await reader.readline()).rstrip()
-    finally:
-        writer.close()
-
-
 async def test_a_non_utf8_content_type_is_stored_and_does_not_fail_its_neighbours(
     tmp_path: Path, sink: Sink, start_relay: RelayFactory
 ) -> None:
@@ -175,10 +159,15 @@ async def test_a_non_utf8_content_type_is_stored_and_does_not_fail_its_neighbour
     # All in flight together, so they share commits with the odd one.
     statuses = await asyncio.gather(
         *(relay.post("/hooks/user", body) for body in good),
-        raw_post(relay, b"Content-Type: application/x-www-form-urlencoded; charset=\xff\r\n", odd),
+        exchange(
+            port_of(relay),
+            b"POST /hooks/user?secret=s3cret HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n"
+            b"Content-Type: application/x-www-form-urlencoded; charset=\xff\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(odd), odd),
+        ),
     )
     assert [s for s, _ in statuses[:-1]] == [200] * len(good)
-    assert statuses[-1] == b"HTTP/1.1 200 OK"
+    assert isinstance(statuses[-1], bytes) and status_of(statuses[-1]) == 200
     assert sorted(stored_bodies(db)) == sorted([*good, odd])
     with sqlite3.connect(db) as conn:
         (content_type,) = conn.execute(
