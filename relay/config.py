@@ -430,6 +430,10 @@ class _Reader:
                 if not isinstance(hvalue, str):
                     self.fail(f"{p}headers.{hname}", "must be a string")
                     continue
+                if _relay_header(hname):
+                    # Sent as well, it would make a second header that receivers read at random.
+                    self.fail(f"{p}headers.{hname}", "is set by relay on every delivery")
+                    continue
                 headers.append((hname, self.expand(f"{p}headers.{hname}", hvalue)))
         retry_raw = raw.get("retry", {})
         if not isinstance(retry_raw, dict):
@@ -545,6 +549,12 @@ def _path(value: str) -> str | None:
     if value.startswith(("/admin", "/metrics", "/healthz", "/readyz")):
         return "collides with relay's own endpoints"
     return None
+
+
+def _relay_header(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in ("content-type", "content-length", "webhook-id", "webhook-timestamp",
+                       "webhook-signature") or lowered.startswith("x-relay-")  # fmt: skip
 
 
 def _http_url(value: str) -> str | None:

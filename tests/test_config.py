@@ -119,6 +119,14 @@ def test_missing_environment_variable_names_key_and_variable() -> None:
             '[[destination]]\nname = "a"\nurl = "http://x"\n[destination.retry]\nmax_age = 0',
             "destination[0].retry.max_age: must be greater than 0",
         ),
+        (
+            '[[destination]]\nname = "a"\nurl = "http://x"\nheaders = { content-type = "x/y" }',
+            "destination[0].headers.content-type: is set by relay on every delivery",
+        ),
+        (
+            '[[destination]]\nname = "a"\nurl = "http://x"\nheaders = { X-Relay-Attempt = "1" }',
+            "destination[0].headers.X-Relay-Attempt: is set by relay on every delivery",
+        ),
         ("[server]\nmax_body_bytes = -1", "server.max_body_bytes: must be greater than 0"),
         ("[server]\nread_timeout = 0", "server.read_timeout: must be greater than 0"),
         ("[storage]\nmax_size_mb = 0", "storage.max_size_mb: must be greater than 0"),
