@@ -20,7 +20,10 @@ from relay.signing import signing_key
 T = TypeVar("T")
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# RFC 3986 path characters without "{" and "}", which aiohttp reads as route variables.
+_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ConfigError(Exception):
@@ -370,7 +373,7 @@ class _Reader:
             name=name,
             path=path,
             kind=InboundKind(kind) if kind in set(InboundKind) else InboundKind.MAILCHIMP,
-            source=self.get(raw, p, "source", str, name or "default", _non_empty),
+            source=self.get(raw, p, "source", str, name or "default", _name),
             secret=self.optional_str(raw, p, "secret"),
             event_type=self.optional_str(raw, p, "event_type"),
             event_type_header=self.optional_str(raw, p, "event_type_header"),
@@ -434,7 +437,12 @@ class _Reader:
                     # Sent as well, it would make a second header that receivers read at random.
                     self.fail(f"{p}headers.{hname}", "is set by relay on every delivery")
                     continue
-                headers.append((hname, self.expand(f"{p}headers.{hname}", hvalue)))
+                hvalue = self.expand(f"{p}headers.{hname}", hvalue)
+                if _CONTROL.search(hname + hvalue):
+                    # The value may come from the environment; it is not repeated here.
+                    self.fail(f"{p}headers.{hname}", "must not contain control characters")
+                    continue
+                headers.append((hname, hvalue))
         retry_raw = raw.get("retry", {})
         if not isinstance(retry_raw, dict):
             self.fail(f"{p}retry", "must be a table")
@@ -538,7 +546,7 @@ def _one_of(*choices: str) -> Callable[[str], str | None]:
 
 
 def _name(value: str) -> str | None:
-    if _NAME.match(value):
+    if _NAME.fullmatch(value):
         return None
     return "must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
 
@@ -546,6 +554,8 @@ def _name(value: str) -> str | None:
 def _path(value: str) -> str | None:
     if not value.startswith("/") or "?" in value or "#" in value:
         return "must be an absolute URL path without query, like /hooks/mailchimp"
+    if not _PATH.fullmatch(value):
+        return "may hold only URL path characters (letters, digits and -._~!$&'()*+,;=:@%/)"
     if value.startswith(("/admin", "/metrics", "/healthz", "/readyz")):
         return "collides with relay's own endpoints"
     return None
@@ -558,13 +568,25 @@ def _relay_header(name: str) -> bool:
 
 
 def _http_url(value: str) -> str | None:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises for a port that is not a number from 0 to 65535
+    except ValueError:
+        return "not an http(s) URL"
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not host or port == 0 or not _HOST.fullmatch(host):
         return "not an http(s) URL"
     return None
 
 
+# A DNS name, IPv4 address or bracketed IPv6 literal (urlsplit drops the brackets).
+_HOST = re.compile(r"[A-Za-z0-9._~-]+|[0-9A-Fa-f:.]+(%[A-Za-z0-9._~-]+)?")
+
+
 def _storage_url(value: str) -> str | None:
+    if value == "sqlite:///:memory:":
+        # Each of relay's connections would get its own empty database; nothing would persist.
+        return "an in-memory database cannot be used: relay's connections would not share it"
     if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
         return None
     if value.startswith(("postgresql://", "postgres://")):

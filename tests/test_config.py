@@ -127,6 +127,47 @@ def test_missing_environment_variable_names_key_and_variable() -> None:
             '[[destination]]\nname = "a"\nurl = "http://x"\nheaders = { X-Relay-Attempt = "1" }',
             "destination[0].headers.X-Relay-Attempt: is set by relay on every delivery",
         ),
+        (
+            '[storage]\nurl = "sqlite:///:memory:"',
+            "storage.url: an in-memory database cannot be used: relay's connections would not share it",
+        ),
+        (
+            '[[destination]]\nname = "a"\nurl = "http://[bad/x"',
+            "destination[0].url: not an http(s) URL",
+        ),
+        (
+            '[[destination]]\nname = "a"\nurl = "http://crm:99999/x"',
+            "destination[0].url: not an http(s) URL",
+        ),
+        (
+            '[[destination]]\nname = "a"\nurl = "http://crm:abc/x"',
+            "destination[0].url: not an http(s) URL",
+        ),
+        (
+            '[[destination]]\nname = "a"\nurl = "http://:80/x"',
+            "destination[0].url: not an http(s) URL",
+        ),
+        (
+            '[[destination]]\nname = "a"\nurl = "http://cr m/x"',
+            "destination[0].url: not an http(s) URL",
+        ),
+        (
+            '[[destination]]\nname = "a"\nurl = "http://x"\nheaders = { A = "b\\r\\nX-Evil: 1" }',
+            "destination[0].headers.A: must not contain control characters",
+        ),
+        (
+            '[[inbound]]\nname = "a"\npath = "/hooks/{a}"',
+            "inbound[0].path: may hold only URL path characters"
+            " (letters, digits and -._~!$&'()*+,;=:@%/)",
+        ),
+        (
+            '[[inbound]]\nname = "a"\npath = "/hooks/a"\nsource = "user\\r\\nX-Injected: 1"',
+            "inbound[0].source: must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit",
+        ),
+        (
+            '[[inbound]]\nname = "a\\n"\npath = "/hooks/a"',
+            "inbound[0].name: must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit",
+        ),
         ("[server]\nmax_body_bytes = -1", "server.max_body_bytes: must be greater than 0"),
         ("[server]\nread_timeout = 0", "server.read_timeout: must be greater than 0"),
         ("[storage]\nmax_size_mb = 0", "storage.max_size_mb: must be greater than 0"),
