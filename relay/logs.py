@@ -17,6 +17,7 @@ from typing import TextIO
 
 import orjson
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 FLUSH_INTERVAL = 0.5
 
@@ -120,6 +121,10 @@ class MalformedRequestFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
+        # A body that fails to decode (a bad Content-Encoding) surfaces when aiohttp drains
+        # what the handler did not read, wrapped around the parser's error.
+        if isinstance(exc, RequestPayloadError):
+            exc = exc.__cause__
         if isinstance(exc, HttpProcessingError):
             peer = record.args[0] if isinstance(record.args, tuple) and record.args else "-"
             record.msg = "malformed request from %s rejected: %s (HTTP %s)"

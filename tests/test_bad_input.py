@@ -5,6 +5,7 @@ what it acknowledges, and a slow or idle client cannot hold a connection (or the
 from __future__ import annotations
 
 import asyncio
+import gzip
 import http.client
 import sqlite3
 import time
@@ -485,3 +486,21 @@ async def _read_eofs(conns: list[tuple[asyncio.StreamReader, asyncio.StreamWrite
         except TimeoutError:
             return False
     return all(r.at_eof() for r, _ in conns)
+
+
+async def test_a_compressed_body_is_415_and_not_stored(
+    tmp_path: Path, start_relay: RelayFactory
+) -> None:
+    db = tmp_path / "relay.db"
+    relay = await start_relay(config_text(db))
+    for body in (gzip.compress(BODY), b"not gzip at all"):
+        status, text = await relay.post("/hooks/user", body, headers={"Content-Encoding": "gzip"})
+        assert (status, text) == (
+            415,
+            "Content-Encoding not accepted: send the body uncompressed\n",
+        )
+    assert (await relay.post("/hooks/user", BODY, headers={"Content-Encoding": "identity"}))[
+        0
+    ] == 200
+    with sqlite3.connect(db) as conn:
+        assert [r[0] for r in conn.execute("SELECT body FROM requests")] == [BODY]

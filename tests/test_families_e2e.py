@@ -140,13 +140,19 @@ async def test_mandrill_validation_head_and_test_post_answer_200(
     )
     assert status == 200
     assert db_rows(db, "SELECT count(*) FROM events") == [(0,)]
-    # The fixed test key only ever admits an empty batch.
-    real = sample("mandrill_sync_blacklist_add.txt")
-    sig = mandrill_signature("test-webhook", PUBLIC_URL, real)
-    status, _ = await relay.post(
-        "/hooks/mandrill", real, query="", headers={"X-Mandrill-Signature": sig}
-    )
-    assert status == 401
+    # The fixed test key is public: it only ever admits an empty batch, never real events
+    # and never a body that is not a Mandrill batch at all.
+    for other in (
+        sample("mandrill_sync_blacklist_add.txt"),
+        b"anything=ATTACKER+CONTROLLED+PAYLOAD",
+        b"mandrill_events=not-json",
+    ):
+        sig = mandrill_signature("test-webhook", PUBLIC_URL, other)
+        status, _ = await relay.post(
+            "/hooks/mandrill", other, query="", headers={"X-Mandrill-Signature": sig}
+        )
+        assert status == 401, other
+    assert db_rows(db, "SELECT count(*) FROM requests") == [(1,)]
 
 
 async def test_signed_audience_webhook_is_verified(
@@ -319,7 +325,9 @@ async def test_distinct_events_sharing_a_natural_key_are_all_delivered(
         assert (await relay.post("/hooks/user", body))[0] == 200
     # Mandrill: two clicks on one message in the same second, on different links.
     click = {"event": "click", "_id": "m1", "ts": 1420303407, "msg": {"email": "a@example.com"}}
-    clicks = [json.dumps({**click, "url": url}) for url in ("https://a.example", "https://b.example")]
+    clicks = [
+        json.dumps({**click, "url": url}) for url in ("https://a.example", "https://b.example")
+    ]
     mandrill_body = b"mandrill_events=" + quote_plus(f"[{','.join(clicks)}]").encode()
     signature = mandrill_signature(MANDRILL_KEY, PUBLIC_URL, mandrill_body)
     status, _ = await relay.post(

@@ -109,3 +109,27 @@ async def test_sigterm_is_not_held_up_by_a_client_that_never_finishes_its_body(
     finally:
         for s in [*idle, slow]:
             s.close()
+
+
+async def test_a_body_that_fails_to_decompress_is_415_and_one_log_line(
+    proc_env: tuple[RelayProcess, Path],
+) -> None:
+    rp, db = proc_env
+    await rp.start()
+    body = b"not gzip at all"
+    reader, writer = await asyncio.open_connection("127.0.0.1", rp.port)
+    writer.write(
+        b"POST /hooks/user?secret=s3cret HTTP/1.1\r\nHost: relay\r\nContent-Encoding: gzip\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(4096), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 415 ")
+    rp.kill(signal.SIGTERM)
+    await asyncio.to_thread(rp.wait, 20)
+    log = rp.log.read_text()
+    assert "outcome=unsupported status=415" in log
+    assert "rejected: ContentEncodingError (HTTP 400)" in log
+    assert "Traceback" not in log
+    assert stored_bodies(db) == []
