@@ -36,6 +36,7 @@ hot_log = HotLog("relay.delivery")
 # written by other relay processes sharing a database.
 IDLE_RECHECK = 5.0
 STORE_RETRY = 1.0
+BLOCKED_RECHECK = 0.25
 
 
 def lease_seconds(destination: DestinationConfig) -> float:
@@ -103,7 +104,10 @@ class DestinationWorker:
         due = await self.store.next_due(self.destination.name)
         if due is None:
             return IDLE_RECHECK
-        # A due row that was not claimed is leased elsewhere or was just taken: don't spin on it.
+        if due <= now:
+            # Due but not claimed: held back (a database at its size cap) or leased by another
+            # process. Look again soon, without a transaction every few milliseconds.
+            return BLOCKED_RECHECK
         return min(IDLE_RECHECK, max(0.01, due - now))
 
     def _spawn(self, delivery: ClaimedDelivery) -> None:
