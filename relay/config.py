@@ -23,7 +23,8 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # RFC 3986 path characters without "{" and "}", which aiohttp reads as route variables.
 _PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Characters no HTTP header may carry; checked in config, replaced in what webhooks supply.
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ConfigError(Exception):
@@ -438,7 +439,7 @@ class _Reader:
                     self.fail(f"{p}headers.{hname}", "is set by relay on every delivery")
                     continue
                 hvalue = self.expand(f"{p}headers.{hname}", hvalue)
-                if _CONTROL.search(hname + hvalue):
+                if CONTROL_CHARS.search(hname + hvalue):
                     # The value may come from the environment; it is not repeated here.
                     self.fail(f"{p}headers.{hname}", "must not contain control characters")
                     continue

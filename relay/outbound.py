@@ -8,14 +8,13 @@ timestamped at send time, so a replay days later still verifies.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
 from relay import mailchimp
-from relay.config import DestinationConfig
+from relay.config import CONTROL_CHARS, DestinationConfig
 from relay.model import ClaimedDelivery, InboundKind, iso_utc
 from relay.signing import standard_webhook_headers
 
@@ -53,15 +52,12 @@ def envelope(delivery: ClaimedDelivery, kind: InboundKind | None) -> bytes:
     return orjson.dumps(doc)
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
 def header_value(text: str) -> str:
     """Text from a webhook made safe for a header: a control character becomes "?".
 
     aiohttp refuses to send one, so an event type with a newline in it would fail every attempt.
     """
-    return _CONTROL.sub("?", text) if not text.isprintable() else text
+    return CONTROL_CHARS.sub("?", text) if not text.isprintable() else text
 
 
 def build_request(
