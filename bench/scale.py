@@ -27,8 +27,8 @@ import procs
 import wrk
 
 from relay.model import new_id
-from relay.store.sqlite import migrate
-from relay.store.sqlite_batch import _CLAIM
+from relay.store.sqlite.store import migrate
+from relay.store.sqlite.writer import _CLAIM
 
 BENCH = Path(__file__).resolve().parent
 WORK = BENCH / ".work" / "scale"

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from relay.model import InboundKind
-from relay.signing import signing_key
+from relay.protocols.standard_webhooks import signing_key
 
 T = TypeVar("T")
 

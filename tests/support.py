@@ -22,8 +22,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
-from relay.app import RELAY_KEY, Relay, create_app
 from relay.config import Settings, parse_config
+from relay.server.app import RELAY_KEY, Relay, create_app
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "mailchimp"

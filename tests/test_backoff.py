@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from relay.backoff import backoff_delay, decide, parse_retry_after
 from relay.config import RetryPolicy
 from relay.model import AttemptOutcome, AttemptResult, DeliveryState
+from relay.pipeline.backoff import backoff_delay, decide, parse_retry_after
 
 POLICY = RetryPolicy(max_attempts=5, initial_delay=2.0, max_delay=30.0)
 NOW = 1_000_000.0

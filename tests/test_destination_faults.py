@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from relay.delivery.sender import RESPONSE_HEAD_BYTES
 from relay.model import DeliveryRecord, DeliveryState
-from relay.sender import RESPONSE_HEAD_BYTES
 from tests.support import (
     RelayFactory,
     RelayUnderTest,

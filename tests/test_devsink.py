@@ -7,7 +7,7 @@ import io
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-from relay.devsink import create_sink
+from relay.cli.devsink import create_sink
 
 
 async def test_sink_prints_relay_headers_and_body() -> None:

@@ -12,8 +12,8 @@ from urllib.parse import quote_plus
 import orjson
 import pytest
 
-from relay.mailchimp import mailchimp_signature, mandrill_signature, parse_mandrill
-from relay.signing import verify_standard_webhook
+from relay.protocols.mailchimp import mailchimp_signature, mandrill_signature, parse_mandrill
+from relay.protocols.standard_webhooks import verify_standard_webhook
 from tests.support import (
     SHARED,
     RelayFactory,

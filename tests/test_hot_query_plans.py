@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from relay.store import sqlite as store_sqlite
-from relay.store import sqlite_batch
-from relay.store.sqlite import migrate
+from relay.store.sqlite import store as store_sqlite
+from relay.store.sqlite import writer as sqlite_batch
+from relay.store.sqlite.store import migrate
 
 
 @pytest.fixture

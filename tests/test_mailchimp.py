@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, quote_plus
 
 import pytest
 
-from relay.mailchimp import (
+from relay.protocols.mailchimp import (
     AUDIENCE_TYPES,
     MandrillBatch,
     encode_audience,

@@ -8,7 +8,7 @@ from urllib.parse import quote_plus
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from relay.mailchimp import (
+from relay.protocols.mailchimp import (
     MAX_DEPTH,
     encode_audience,
     parse_audience,

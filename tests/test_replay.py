@@ -421,7 +421,7 @@ async def test_retention_prunes_finished_events_in_the_background(
 def test_routing_a_stored_event_parses_its_body_only_for_match_conditions() -> None:
     from relay.config import Condition, DestinationConfig, parse_config
     from relay.model import EventRecord, ReplayCandidate
-    from relay.replay import needs_payload, targets
+    from relay.pipeline.payload import needs_payload, targets
 
     settings = parse_config(config_text(Path("/tmp/unused.db")), {})
     vip = DestinationConfig(

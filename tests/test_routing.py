@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from relay.config import Condition, DestinationConfig
-from relay.routing import EventFacts, matches, route
+from relay.pipeline.routing import EventFacts, matches, route
 
 
 def dest(**kw: Any) -> DestinationConfig:

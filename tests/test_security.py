@@ -18,11 +18,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from relay.app import create_app
-from relay.auth import check_credentials, mask_headers, mask_query
 from relay.config import InboundConfig, parse_config
-from relay.mailchimp import mailchimp_signature
 from relay.model import InboundKind
+from relay.protocols.mailchimp import mailchimp_signature
+from relay.server.app import create_app
+from relay.server.auth import check_credentials, mask_headers, mask_query
 from tests.support import (
     RelayFactory,
     RelayProcess,

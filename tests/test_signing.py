@@ -5,7 +5,11 @@ from collections.abc import Mapping
 
 import pytest
 
-from relay.signing import signing_key, standard_webhook_headers, verify_standard_webhook
+from relay.protocols.standard_webhooks import (
+    signing_key,
+    standard_webhook_headers,
+    verify_standard_webhook,
+)
 
 # The reference vector from the Standard Webhooks project's own Python library tests:
 # standard-webhooks/standard-webhooks, libraries/python/tests/test_webhooks.py, test_sign_function.

@@ -25,7 +25,7 @@ from relay.model import (
     new_id,
 )
 from relay.store import StoreError
-from relay.store.sqlite import SqliteStore
+from relay.store.sqlite.store import SqliteStore
 from tests.support import (
     FORM,
     RelayFactory,

@@ -10,8 +10,8 @@ import pytest
 
 from relay.config import StorageConfig
 from relay.model import DeliveryState, EventFilter
-from relay.store.sqlite import SqliteStore
-from relay.store.sqlite_admin import deliveries_query, events_query
+from relay.store.sqlite.admin import deliveries_query, events_query
+from relay.store.sqlite.store import SqliteStore
 
 CURSOR = "01J00000000000000000000000"
 FILTERS = {

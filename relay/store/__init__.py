@@ -11,7 +11,7 @@ __all__ = ["DestinationStats", "DueListener", "Store", "StoreError", "create_sto
 def create_store(config: StorageConfig, dedup_window: float = 86400.0) -> Store:
     """Build (not yet open) the backend named by ``config.url``."""
     if config.url.startswith("sqlite:///"):
-        from relay.store.sqlite import SqliteStore
+        from relay.store.sqlite.store import SqliteStore
 
         return SqliteStore(config, dedup_window)
     raise StoreError(f"storage backend not available for {config.url.split(':', 1)[0]}")

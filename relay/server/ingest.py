@@ -14,13 +14,13 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
-from relay import mailchimp
-from relay.auth import check_credentials, mask_headers, mask_query
 from relay.config import InboundConfig, Settings
-from relay.events import derive_events
-from relay.logs import HotLog
-from relay.metrics import Metrics
 from relay.model import InboundKind, NewEvent, RawRequest, new_id
+from relay.obs.logs import HotLog
+from relay.obs.metrics import Metrics
+from relay.pipeline.events import derive_events
+from relay.protocols import mailchimp
+from relay.server.auth import check_credentials, mask_headers, mask_query
 from relay.store import Store, StoreError
 
 log = logging.getLogger("relay.ingest")

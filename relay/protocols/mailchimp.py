@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, unquote_plus, urlencode
 
 import orjson
 
-from relay.mandrill import (
+from relay.protocols.mandrill import (
     MandrillBatch,
     MandrillEvent,
     mandrill_signature,

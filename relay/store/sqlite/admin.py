@@ -28,7 +28,7 @@ from relay.model import (
     encode_ulid,
 )
 from relay.store.base import StoreError
-from relay.store.sqlite_rows import (
+from relay.store.sqlite.rows import (
     DELIVERY_COLUMNS,
     EVENT_COLUMNS,
     delivery_record,

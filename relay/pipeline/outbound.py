@@ -13,10 +13,10 @@ from typing import Any
 
 import orjson
 
-from relay import mailchimp
 from relay.config import CONTROL_CHARS, DestinationConfig
 from relay.model import ClaimedDelivery, InboundKind, iso_utc
-from relay.signing import standard_webhook_headers
+from relay.protocols import mailchimp
+from relay.protocols.standard_webhooks import standard_webhook_headers
 
 JSON_CONTENT_TYPE = "application/json"
 

@@ -14,8 +14,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from relay import __version__
-from relay.mailchimp import AUDIENCE_TYPES
 from relay.model import UNKNOWN_TYPE
+from relay.protocols.mailchimp import AUDIENCE_TYPES
 from relay.store.base import DestinationStats
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)

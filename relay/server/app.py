@@ -12,14 +12,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from relay.admin import Admin, admin_middleware
 from relay.config import Settings
-from relay.control import Control
-from relay.delivery import Dispatcher
-from relay.ingest import Ingest
-from relay.logs import FLUSH_INTERVAL, flush_logs
-from relay.metrics import Metrics
-from relay.sender import Sender
+from relay.delivery.sender import Sender
+from relay.delivery.worker import Dispatcher
+from relay.obs.logs import FLUSH_INTERVAL, flush_logs
+from relay.obs.metrics import Metrics
+from relay.server.admin_api import Admin, admin_middleware
+from relay.server.control import Control
+from relay.server.ingest import Ingest
 from relay.store import Store, StoreError, create_store
 
 log = logging.getLogger("relay.app")

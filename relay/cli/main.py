@@ -17,10 +17,10 @@ from pathlib import Path
 from aiohttp import web
 
 from relay import __version__
-from relay.app import FATAL_KEY, create_app
-from relay.cli_admin import add_admin_commands
+from relay.cli.admin import add_admin_commands
 from relay.config import ConfigError, Settings, load_config
-from relay.logs import flush_logs, setup_logging
+from relay.obs.logs import flush_logs, setup_logging
+from relay.server.app import FATAL_KEY, create_app
 from relay.store import StoreError
 
 log = logging.getLogger("relay.cli")
@@ -125,7 +125,7 @@ async def _serve(settings: Settings) -> int:
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
-    from relay.devsink import create_sink
+    from relay.cli.devsink import create_sink
 
     host, _, port = args.listen.rpartition(":")
     if not port.isdigit():

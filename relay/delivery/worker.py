@@ -13,10 +13,8 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 
-from relay.backoff import decide
 from relay.config import DestinationConfig
-from relay.logs import HotLog
-from relay.metrics import Metrics
+from relay.delivery.sender import Sender
 from relay.model import (
     AttemptOutcome,
     AttemptResult,
@@ -25,8 +23,10 @@ from relay.model import (
     DeliveryState,
     InboundKind,
 )
-from relay.outbound import build_request
-from relay.sender import Sender
+from relay.obs.logs import HotLog
+from relay.obs.metrics import Metrics
+from relay.pipeline.backoff import decide
+from relay.pipeline.outbound import build_request
 from relay.store import Store, StoreError
 
 log = logging.getLogger("relay.delivery")

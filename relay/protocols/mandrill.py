@@ -1,6 +1,6 @@
 """Split Mandrill (Mailchimp Transactional) webhook batches into events, and check their signatures.
 
-Sans-IO like `relay.mailchimp`, which re-exports these names. `rebatch_mandrill` builds the body
+Sans-IO like `relay.protocols.mailchimp`, which re-exports these names. `rebatch_mandrill` builds the body
 a downstream receives for the events routed to it.
 
     >>> batch = parse_mandrill(b"mandrill_events=%5B%7B%22event%22%3A%22send%22%7D%5D")

@@ -15,7 +15,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from relay.admin_json import (
+from relay.config import Settings, redact_url
+from relay.model import DeliveryState, ReplayState
+from relay.pipeline.payload import inbound_kind, parsed_view
+from relay.server.admin_json import (
     BadRequestError,
     delivery_json,
     event_json,
@@ -30,10 +33,7 @@ from relay.admin_json import (
     replay_json,
     request_json,
 )
-from relay.config import Settings, redact_url
-from relay.control import Control, ReplayOutcome, ReplayRequest, UnknownDestinationError
-from relay.model import DeliveryState, ReplayState
-from relay.replay import inbound_kind, parsed_view
+from relay.server.control import Control, ReplayOutcome, ReplayRequest, UnknownDestinationError
 from relay.store import Store, StoreError
 
 log = logging.getLogger("relay.admin")

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from relay.sender import connect_reason
+from relay.delivery.sender import connect_reason
 
 DEFAULT_TIMEOUT = 60.0
 

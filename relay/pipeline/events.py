@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from relay import mailchimp
 from relay.config import DestinationConfig, InboundConfig
 from relay.model import UNKNOWN_TYPE, InboundKind, NewEvent, RawRequest, new_id
-from relay.routing import EventFacts, route
+from relay.pipeline.routing import EventFacts, route
+from relay.protocols import mailchimp
 
 MANDRILL_CONTENT_TYPE = "application/x-www-form-urlencoded"
 

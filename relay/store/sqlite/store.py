@@ -33,18 +33,8 @@ from relay.model import (
     RawRequest,
 )
 from relay.store.base import DestinationStats, Store, StoreError
-from relay.store.sqlite_admin import SqliteAdminMixin
-from relay.store.sqlite_batch import (
-    CallOp,
-    ClaimOp,
-    CompleteOp,
-    IngestOp,
-    Op,
-    PageLimits,
-    PingOp,
-    apply_batch,
-)
-from relay.store.sqlite_rows import (
+from relay.store.sqlite.admin import SqliteAdminMixin
+from relay.store.sqlite.rows import (
     ATTEMPT_COLUMNS,
     DELIVERY_COLUMNS,
     EVENT_COLUMNS,
@@ -53,6 +43,16 @@ from relay.store.sqlite_rows import (
     delivery_record,
     event_record,
     request_record,
+)
+from relay.store.sqlite.writer import (
+    CallOp,
+    ClaimOp,
+    CompleteOp,
+    IngestOp,
+    Op,
+    PageLimits,
+    PingOp,
+    apply_batch,
 )
 
 log = logging.getLogger("relay.store")
@@ -340,7 +340,7 @@ class SqliteStore(SqliteAdminMixin, Store):
 
 def migrations() -> list[tuple[int, str]]:
     """The numbered ``NNNN_name.sql`` scripts shipped with relay, in order."""
-    folder = resources.files("relay.store") / "sql" / "sqlite"
+    folder = resources.files("relay.store.sqlite") / "migrations"
     found = []
     for entry in folder.iterdir():
         name = entry.name

@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from relay import mailchimp
 from relay.config import DestinationConfig, Settings
 from relay.model import EventRecord, InboundKind, ReplayCandidate
-from relay.routing import EventFacts, route
+from relay.pipeline.routing import EventFacts, route
+from relay.protocols import mailchimp
 
 
 def parsed_data(kind: InboundKind | None, payload: bytes, content_type: str | None) -> Any:

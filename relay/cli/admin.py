@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
 
-from relay import cli_output as out
-from relay.admin_client import AdminClient, AdminError
+from relay.cli import output as out
+from relay.cli.client import AdminClient, AdminError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import orjson
 
 from relay.config import Settings
-from relay.metrics import Metrics
 from relay.model import (
     CreatedDelivery,
     EventFilter,
@@ -27,7 +26,8 @@ from relay.model import (
     ReplayCandidate,
     ReplayState,
 )
-from relay.replay import needs_payload, targets
+from relay.obs.metrics import Metrics
+from relay.pipeline.payload import needs_payload, targets
 from relay.store import Store, StoreError
 
 log = logging.getLogger("relay.control")

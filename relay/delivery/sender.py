@@ -10,8 +10,8 @@ from collections.abc import Mapping
 import aiohttp
 
 from relay import __version__
-from relay.backoff import outcome_for_status, parse_retry_after
 from relay.model import AttemptOutcome, AttemptResult
+from relay.pipeline.backoff import outcome_for_status, parse_retry_after
 
 RESPONSE_HEAD_BYTES = 1024
 # A response body is drained up to this size so the connection can be reused; a larger one

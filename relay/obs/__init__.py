@@ -1,0 +1,1 @@
+"""Observability: log setup and formatting, Prometheus metrics."""

@@ -1,0 +1,1 @@
+"""Sans-IO decisions: derive events, route them, build what is sent, decide what comes next."""

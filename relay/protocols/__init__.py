@@ -1,0 +1,1 @@
+"""Sans-IO wire formats: what Mailchimp and Mandrill send, and how relay signs what it sends."""
