@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 from relay.cli import output as out
 from relay.cli.client import AdminClient, AdminError
+from relay.config.checks import parse_listen
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -50,10 +51,13 @@ def _url(args: argparse.Namespace) -> str:
         if not isinstance(server, dict):
             raise UsageError(f"{args.config}: server must be a table")
         listen = str(server.get("listen", "127.0.0.1:8080"))
-        host, _, port = listen.rpartition(":")
-        if host in ("", "0.0.0.0", "::", "[::]"):
+        parsed = parse_listen(listen)
+        if parsed is None:
+            raise UsageError(f"{args.config}: server.listen must be host:port, not {listen!r}")
+        host, port = parsed
+        if host in ("0.0.0.0", "::"):  # listening everywhere: talk to it on this machine
             host = "127.0.0.1"
-        return f"http://{host}:{port}"
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     return DEFAULT_URL
 
 

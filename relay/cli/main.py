@@ -19,6 +19,7 @@ from aiohttp import web
 from relay import __version__
 from relay.cli.admin import add_admin_commands
 from relay.config import ConfigError, Settings, load_config
+from relay.config.checks import parse_listen
 from relay.obs.logs import flush_logs, setup_logging
 from relay.server.app import FATAL_KEY, create_app
 from relay.store import StoreError
@@ -127,14 +128,15 @@ async def _serve(settings: Settings) -> int:
 def cmd_sink(args: argparse.Namespace) -> int:
     from relay.cli.devsink import create_sink
 
-    host, _, port = args.listen.rpartition(":")
-    if not port.isdigit():
+    listen = parse_listen(args.listen)
+    if listen is None:
         print(f"relay: --listen must be host:port, not {args.listen!r}", file=sys.stderr)
         return EXIT_CONFIG
+    host, port = listen
     print(f"relay sink listening on http://{host}:{port}, printing what arrives", flush=True)
     try:
         web.run_app(
-            create_sink(status=args.status), host=host, port=int(port), print=None,
+            create_sink(status=args.status), host=host, port=port, print=None,
             access_log=None,
         )  # fmt: skip
     except OSError as exc:

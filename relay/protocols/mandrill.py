@@ -1,7 +1,7 @@
 """Split Mandrill (Mailchimp Transactional) webhook batches into events, and check their signatures.
 
-Sans-IO like `relay.protocols.mailchimp`, which re-exports these names. `rebatch_mandrill` builds the body
-a downstream receives for the events routed to it.
+Sans-IO like `relay.protocols.mailchimp`, which re-exports these names. `rebatch_mandrill`
+builds the body a downstream receives for the events routed to it.
 
     >>> batch = parse_mandrill(b"mandrill_events=%5B%7B%22event%22%3A%22send%22%7D%5D")
     >>> [(event.type, event.raw) for event in batch.events]

@@ -1,0 +1,34 @@
+"""relay's configuration: TOML in, frozen settings out (``load_config``), every problem by key."""
+
+from relay.config.reader import load_config, parse_config
+from relay.config.schema import (
+    CONTROL_CHARS,
+    AdminConfig,
+    Condition,
+    ConfigError,
+    DestinationConfig,
+    InboundConfig,
+    RetentionConfig,
+    RetryPolicy,
+    ServerConfig,
+    Settings,
+    StorageConfig,
+    redact_url,
+)
+
+__all__ = [
+    "CONTROL_CHARS",
+    "AdminConfig",
+    "Condition",
+    "ConfigError",
+    "DestinationConfig",
+    "InboundConfig",
+    "RetentionConfig",
+    "RetryPolicy",
+    "ServerConfig",
+    "Settings",
+    "StorageConfig",
+    "load_config",
+    "parse_config",
+    "redact_url",
+]

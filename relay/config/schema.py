@@ -1,0 +1,138 @@
+"""relay's settings as frozen, typed values: what the TOML reader builds and everything reads.
+
+The reader (``relay.config.reader``) is apart from these, so a module that only needs a setting's
+shape never imports TOML parsing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from relay.model import InboundKind
+
+# Characters no HTTP header may carry; checked in config, replaced in what webhooks supply.
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` holds one ``key: reason`` line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 10 * 1024 * 1024
+    log_format: str = "text"
+    # How long SIGTERM waits for in-flight deliveries before cancelling them (they stay leased
+    # and are retried after the lease, so nothing is lost either way).
+    shutdown_grace: float = 10.0
+    # How long a client may take to send its headers, and then its body; also how long an idle
+    # keep-alive connection stays open. Longer than a reverse proxy's usual 60 s keep-alive.
+    read_timeout: float = 75.0
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    url: str = "sqlite:///data/relay.db"
+    synchronous: str = "FULL"
+    # How long a write waits for a lock held by another process before it fails (503).
+    busy_timeout: float = 5.0
+    # A cap on the database file: at the cap new webhooks get 503 (Mailchimp retries) instead
+    # of the disk filling up for everything else on the machine. None: no cap.
+    max_size_mb: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InboundConfig:
+    name: str
+    path: str
+    kind: InboundKind
+    source: str
+    secret: str | None = None
+    event_type: str | None = None
+    event_type_header: str | None = None
+    signing_secret: str | None = None
+    mandrill_key: str | None = None
+    public_url: str | None = None
+    auth_username: str | None = None
+    auth_password: str | None = None
+    bearer_token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 10
+    initial_delay: float = 5.0
+    max_delay: float = 3600.0
+    # Seconds from a delivery's creation after which no further attempt is made; None: no limit.
+    max_age: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One ``match`` condition on a parsed field: exactly one of equals / one_of / exists is set."""
+
+    field: str
+    equals: str | None = None
+    one_of: tuple[str, ...] | None = None
+    exists: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationConfig:
+    name: str
+    url: str
+    types: tuple[str, ...] | None = None
+    sources: tuple[str, ...] | None = None
+    lists: tuple[str, ...] | None = None
+    match: tuple[Condition, ...] = ()
+    timeout: float = 10.0
+    concurrency: int = 10
+    headers: tuple[tuple[str, str], ...] = ()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    format: str = "raw"
+    signing_secret: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    days: float | None = None
+    interval: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    server: ServerConfig
+    storage: StorageConfig
+    admin: AdminConfig
+    inbounds: tuple[InboundConfig, ...]
+    destinations: tuple[DestinationConfig, ...]
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    dedup_window: float = 86400.0
+
+    def destination(self, name: str) -> DestinationConfig | None:
+        return next((d for d in self.destinations if d.name == name), None)
+
+    def summary(self) -> str:
+        return (
+            f"listen {self.server.host}:{self.server.port}, "
+            f"storage {redact_url(self.storage.url)}, "
+            f"{len(self.inbounds)} inbound(s), {len(self.destinations)} destination(s), "
+            f"admin API {'enabled' if self.admin.token else 'closed (no token)'}"
+        )
+
+
+def redact_url(url: str) -> str:
+    """Hide a password in a storage URL before it is printed."""
+    return re.sub(r"(://[^:/@]+):[^@/]+@", r"\1:***@", url)
