@@ -98,10 +98,12 @@ class RawRequest:
 
 @dataclass(frozen=True, slots=True)
 class NewEvent:
-    """An event derived from a request, ready to be stored with one delivery per destination."""
+    """An event derived from a request, ready to be stored with one delivery per destination.
 
-    id: str
-    request_id: str
+    It has no id yet: the store gives it one where the order of commits is decided, so ids sort
+    in the order events became visible.
+    """
+
     inbound: str
     source: str
     type: str
@@ -116,6 +118,15 @@ class NewEvent:
     # Mandrill batch); None means "the request body".
     payload: bytes | None = None
     payload_content_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What the store made of one request: its events' ids, and which of them are duplicates."""
+
+    event_ids: tuple[str, ...]
+    # Duplicate event id -> the id of the original stored within the dedup window.
+    duplicates: dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)

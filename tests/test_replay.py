@@ -281,8 +281,7 @@ async def test_live_events_overtake_a_large_background_replay(
         "",
         time.time() - 60,
     )
-    events = [NewEvent(new_id(), request.id, "audience-user", "user", "subscribe", request.received_at, ())
-              for _ in range(total)]  # fmt: skip
+    events = [NewEvent("audience-user", "user", "subscribe", request.received_at, ()) for _ in range(total)]
     await relay.relay.store.ingest(request, events)
 
     status, answer = await admin_call(
@@ -421,7 +420,7 @@ async def test_retention_prunes_finished_events_in_the_background(
 def test_routing_a_stored_event_parses_its_body_only_for_match_conditions() -> None:
     from relay.config import Condition, DestinationConfig, parse_config
     from relay.model import EventRecord, ReplayCandidate
-    from relay.pipeline.payload import needs_payload, targets
+    from relay.pipeline.routing import needs_payload, targets
 
     settings = parse_config(config_text(Path("/tmp/unused.db")), {})
     vip = DestinationConfig(

@@ -20,6 +20,7 @@ from relay.model import (
     AttemptResult,
     Decision,
     DeliveryState,
+    IngestResult,
     NewEvent,
     RawRequest,
     new_id,
@@ -192,12 +193,12 @@ async def test_an_operation_that_cannot_be_stored_fails_alone(tmp_path: Path) ->
         outcomes = await asyncio.gather(
             store.ingest(good, ()), store.ingest(bad, ()), return_exceptions=True
         )
-        assert outcomes[0] == {}
+        assert outcomes[0] == IngestResult((), {})
         assert isinstance(outcomes[1], StoreError)
         assert "internal error" in str(outcomes[1])
         # The writer survives it: the next batch commits as usual.
         later = request("text/plain")
-        assert await store.ingest(later, ()) == {}
+        assert await store.ingest(later, ()) == IngestResult((), {})
     finally:
         await store.close()
     with sqlite3.connect(tmp_path / "relay.db") as conn:
@@ -241,10 +242,7 @@ async def test_a_capped_database_that_refuses_webhooks_still_records_attempts(
                 new_id(), "audience-user", "POST", "/hooks/user", "", (),
                 b"type=subscribe&data[pad]=" + b"p" * 400, FORM, "127.0.0.1", time.time(),
             )  # fmt: skip
-            event = NewEvent(
-                new_id(), request.id, "audience-user", "user", "subscribe",
-                request.received_at, ("crm",),
-            )  # fmt: skip
+            event = NewEvent("audience-user", "user", "subscribe", request.received_at, ("crm",))
             try:
                 await store.ingest(request, [event])
             except StoreError as exc:

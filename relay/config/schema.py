@@ -124,6 +124,10 @@ class Settings:
     def destination(self, name: str) -> DestinationConfig | None:
         return next((d for d in self.destinations if d.name == name), None)
 
+    def inbound_kind(self, name: str) -> InboundKind | None:
+        """The kind of a configured inbound; None when it has since been removed."""
+        return next((i.kind for i in self.inbounds if i.name == name), None)
+
     def summary(self) -> str:
         return (
             f"listen {self.server.host}:{self.server.port}, "

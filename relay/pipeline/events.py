@@ -9,13 +9,13 @@ whatever Mailchimp sent is kept and can be replayed once the cause is understood
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from relay.config import DestinationConfig, InboundConfig
-from relay.model import UNKNOWN_TYPE, InboundKind, NewEvent, RawRequest, new_id
-from relay.pipeline.routing import EventFacts, route
+from relay.model import UNKNOWN_TYPE, InboundKind, NewEvent, RawRequest
+from relay.pipeline.routing import event_facts, route
 from relay.protocols import mailchimp
 
 MANDRILL_CONTENT_TYPE = "application/x-www-form-urlencoded"
@@ -68,18 +68,11 @@ def _event(
     dedup_key: str | None = None,
     payload: bytes | None = None,
 ) -> NewEvent:
-    fields: Mapping[str, Any] = {
-        "type": type,
-        "source": inbound.source,
-        "inbound": inbound.name,
-        "list_id": list_id,
-        "email": email,
-        "data": data if data is not None else {},
-    }
-    facts = EventFacts(type=type, source=inbound.source, list_id=list_id, fields=fields)
+    facts = event_facts(
+        type=type, source=inbound.source, inbound=inbound.name, list_id=list_id, email=email,
+        data=data,
+    )  # fmt: skip
     return NewEvent(
-        id=new_id(),
-        request_id=request.id,
         inbound=inbound.name,
         source=inbound.source,
         type=type,

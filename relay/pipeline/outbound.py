@@ -15,28 +15,15 @@ import orjson
 
 from relay.config import CONTROL_CHARS, DestinationConfig
 from relay.model import ClaimedDelivery, InboundKind, iso_utc
-from relay.protocols import mailchimp
+from relay.pipeline.payload import parse_payload
 from relay.protocols.standard_webhooks import standard_webhook_headers
 
 JSON_CONTENT_TYPE = "application/json"
 
 
-def parsed_data(kind: InboundKind | None, body: bytes, content_type: str) -> tuple[Any, str | None]:
-    """The parsed ``data`` of a stored event body and the parse error, if any."""
-    if kind is InboundKind.MANDRILL:
-        batch = mailchimp.parse_mandrill(body)
-        if batch.error is not None or not batch.events:
-            return None, batch.error or "empty Mandrill batch"
-        return batch.events[0].data, None
-    if kind is InboundKind.JOURNEY:
-        return mailchimp.parse_form_json(body, content_type or None)
-    event = mailchimp.parse_audience(body)
-    return event.data, event.error
-
-
 def envelope(delivery: ClaimedDelivery, kind: InboundKind | None) -> bytes:
     """The JSON envelope of ``format = "json"``, encoded with orjson."""
-    data, error = parsed_data(kind, delivery.body, delivery.content_type)
+    data, error = parse_payload(kind, delivery.body, delivery.content_type)
     doc: dict[str, Any] = {
         "id": delivery.event_id,
         "inbound": delivery.inbound,

@@ -1,6 +1,11 @@
 """Decide which destinations an event goes to: pure functions over config and event fields.
 
 route(settings.destinations, EventFacts(type="subscribe", source="user"))  # -> ("crm", ...)
+
+A replay without named destinations routes each stored event again with today's filters
+(``targets``), so a destination added after the event arrived gets it (a backfill) and one whose
+filters no longer match does not. Type, source and list come from what was stored at ingest; the
+body is parsed again only for ``match`` conditions, which look inside it.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from relay.config import Condition, DestinationConfig
+from relay.config import Condition, DestinationConfig, Settings
+from relay.model import ReplayCandidate
+from relay.pipeline.payload import parse_payload
 
 _MISSING = object()
 
@@ -26,6 +33,27 @@ class EventFacts:
     list_id: str | None = None
     # The parsed event (for ``match`` conditions), e.g. {"data": {"merges": {"COUNTRY": "DE"}}}.
     fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+def event_facts(
+    *,
+    type: str,
+    source: str,
+    inbound: str,
+    list_id: str | None,
+    email: str | None,
+    data: Any,
+) -> EventFacts:
+    """The facts filters see, for a new event at ingest and for a stored one at replay alike."""
+    fields = {
+        "type": type,
+        "source": source,
+        "inbound": inbound,
+        "list_id": list_id,
+        "email": email,
+        "data": data if data is not None else {},
+    }
+    return EventFacts(type=type, source=source, list_id=list_id, fields=fields)
 
 
 @lru_cache(maxsize=1024)
@@ -79,3 +107,22 @@ def matches(destination: DestinationConfig, event: EventFacts) -> bool:
 
 def route(destinations: Iterable[DestinationConfig], event: EventFacts) -> tuple[str, ...]:
     return tuple(d.name for d in destinations if matches(d, event))
+
+
+def needs_payload(destinations: Iterable[DestinationConfig]) -> bool:
+    """Whether routing must parse bodies: only ``match`` conditions look inside them."""
+    return any(d.match for d in destinations)
+
+
+def targets(settings: Settings, candidate: ReplayCandidate) -> tuple[str, ...]:
+    """The destinations whose filters accept this stored event today."""
+    event = candidate.event
+    data: Any = None
+    if candidate.payload is not None:
+        kind = settings.inbound_kind(event.inbound)
+        data, _ = parse_payload(kind, candidate.payload, candidate.content_type)
+    facts = event_facts(
+        type=event.type, source=event.source, inbound=event.inbound, list_id=event.list_id,
+        email=event.email, data=data,
+    )  # fmt: skip
+    return route(settings.destinations, facts)

@@ -7,7 +7,6 @@ configured token every call is 401. Answers are JSON; errors are ``{"error": "on
 from __future__ import annotations
 
 import base64
-import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,7 +16,7 @@ from aiohttp import web
 
 from relay.config import Settings, redact_url
 from relay.model import DeliveryState, ReplayState
-from relay.pipeline.payload import inbound_kind, parsed_view
+from relay.pipeline.payload import parsed_view
 from relay.server.admin_json import (
     BadRequestError,
     delivery_json,
@@ -33,6 +32,7 @@ from relay.server.admin_json import (
     replay_json,
     request_json,
 )
+from relay.server.auth import admin_auth_problem
 from relay.server.control import Control, ReplayOutcome, ReplayRequest, UnknownDestinationError
 from relay.store import Store, StoreError
 
@@ -55,19 +55,6 @@ def error(status: int, reason: str, headers: dict[str, str] | None = None) -> we
     return response
 
 
-def auth_problem(token: str | None, authorization: str | None) -> str | None:
-    """Why a request may not use the admin API, or None when its bearer token is right."""
-    if not token:
-        return "admin API disabled: no [admin] token configured"
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
-        return "missing bearer token"
-    # Compared as bytes in constant time, so response timing does not reveal a prefix.
-    if not hmac.compare_digest(given.strip().encode("utf-8"), token.encode("utf-8")):
-        return "invalid admin token"
-    return None
-
-
 def admin_middleware(token: str | None) -> Any:
     """Auth for every /admin path (known or not), and JSON for every error it answers."""
 
@@ -75,7 +62,7 @@ def admin_middleware(token: str | None) -> Any:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path != PREFIX and not request.path.startswith(PREFIX + "/"):
             return await handler(request)
-        problem = auth_problem(token, request.headers.get("Authorization"))
+        problem = admin_auth_problem(token, request.headers.get("Authorization"))
         if problem is not None:
             return error(401, problem, {"WWW-Authenticate": 'Bearer realm="relay admin"'})
         try:
@@ -135,7 +122,7 @@ class Admin:
         detail = await self.store.get_event(event_id)
         if detail is None:
             return error(404, f"unknown event: {event_id}")
-        kind = inbound_kind(self.settings, detail.event.inbound)
+        kind = self.settings.inbound_kind(detail.event.inbound)
         out = event_json(detail.event)
         out["request"] = request_json(detail.request)
         out["kind"] = kind.value if kind is not None else None

@@ -1,4 +1,5 @@
-"""Inbound authentication decisions (pure): URL secret, Basic and bearer credentials."""
+"""Authentication decisions (pure): an inbound's URL secret, Basic and bearer credentials, and the
+admin API's bearer token. Every comparison is constant-time, on UTF-8 bytes."""
 
 from __future__ import annotations
 
@@ -13,6 +14,24 @@ REDACTED = "REDACTED"
 
 def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def _credential(authorization: str | None) -> tuple[str, str]:
+    """An Authorization header as (lower-cased scheme, value)."""
+    scheme, _, value = (authorization or "").partition(" ")
+    return scheme.lower(), value.strip()
+
+
+def admin_auth_problem(token: str | None, authorization: str | None) -> str | None:
+    """Why a request may not use the admin API, or None when its bearer token is right."""
+    if not token:
+        return "admin API disabled: no [admin] token configured"
+    scheme, given = _credential(authorization)
+    if scheme != "bearer" or not given:
+        return "missing bearer token"
+    if not _same(given, token):
+        return "invalid admin token"
+    return None
 
 
 def check_credentials(
@@ -30,9 +49,7 @@ def check_credentials(
         return True
     if not authorization:
         return False
-    scheme, _, value = authorization.partition(" ")
-    scheme = scheme.lower()
-    value = value.strip()
+    scheme, value = _credential(authorization)
     if scheme == "bearer" and inbound.bearer_token:
         return _same(value, inbound.bearer_token)
     if scheme == "basic" and inbound.auth_username and inbound.auth_password:

@@ -27,7 +27,7 @@ from relay.model import (
     ReplayState,
 )
 from relay.obs.metrics import Metrics
-from relay.pipeline.payload import needs_payload, targets
+from relay.pipeline.routing import needs_payload, targets
 from relay.store import Store, StoreError
 
 log = logging.getLogger("relay.control")

@@ -7,7 +7,6 @@ retries. Forwarding is never on this path, so the answer comes in milliseconds.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -164,12 +163,8 @@ class Ingest:
             events = await asyncio.to_thread(
                 derive_events, inbound, raw, self.settings.destinations
             )
-            # Ids are taken again here, with no await before the store queues them: ids made
-            # in the thread could be older than those of requests queued meanwhile, and an
-            # events cursor past those would then skip these.
-            events = [dataclasses.replace(e, id=new_id()) for e in events]
         try:
-            duplicates = await self.store.ingest(raw, events)
+            stored = await self.store.ingest(raw, events)
         except StoreError as exc:
             return self._reject(
                 inbound, "store_error", 503, f"storage unavailable, retry later ({exc})", request
@@ -180,7 +175,7 @@ class Ingest:
         duration.observe(elapsed)
         for event in events:
             self.metrics.count_event(inbound.name, event.type, inbound.source)
-        if duplicates:
+        if duplicates := stored.duplicates:
             self.metrics.duplicates.labels(inbound.name).inc(len(duplicates))
             log.info(
                 "request inbound=%s request=%s duplicates=%s (not delivered again)",
@@ -188,7 +183,7 @@ class Ingest:
                 raw.id,
                 ",".join(f"{dup}->{orig}" for dup, orig in list(duplicates.items())[:5]),
             )
-        self._log_accepted(inbound, raw, events, elapsed)
+        self._log_accepted(inbound, raw, events, stored.event_ids, elapsed)
         return _text(200, "OK")
 
     def _signature_problem(
@@ -219,11 +214,16 @@ class Ingest:
         return None
 
     def _log_accepted(
-        self, inbound: InboundConfig, raw: RawRequest, events: Sequence[NewEvent], elapsed: float
+        self,
+        inbound: InboundConfig,
+        raw: RawRequest,
+        events: Sequence[NewEvent],
+        event_ids: Sequence[str],
+        elapsed: float,
     ) -> None:
         if not hot_log.logger.isEnabledFor(logging.INFO):
             return
-        ids = ",".join(e.id for e in events[:5]) or "-"
+        ids = ",".join(event_ids[:5]) or "-"
         types = ",".join(e.type for e in events[:5]) or "-"
         more = f"+{len(events) - 5}" if len(events) > 5 else ""
         hot_log.log(

@@ -16,6 +16,7 @@ from relay.model import (
     EventDetail,
     EventFilter,
     EventPage,
+    IngestResult,
     NewEvent,
     NewReplay,
     PruneResult,
@@ -72,11 +73,12 @@ class Store(abc.ABC):
         """Finish queued writes and release connections."""
 
     @abc.abstractmethod
-    async def ingest(self, request: RawRequest, events: Sequence[NewEvent]) -> dict[str, str]:
+    async def ingest(self, request: RawRequest, events: Sequence[NewEvent]) -> IngestResult:
         """Store a request, its events and one delivery per destination in one transaction.
 
-        An event whose dedup key was already stored within the dedup window is stored as a
-        duplicate, without deliveries; the result maps such event ids to the original's id.
+        The store gives the events their ids, in commit order. An event whose dedup key was
+        already stored within the dedup window is stored as a duplicate, without deliveries; the
+        result maps such event ids to the original's id.
 
         Returns only once committed (durably, per the configured synchronous level); raises
         StoreError if not committed. Concurrent calls share transactions (group commit).

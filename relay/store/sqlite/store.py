@@ -29,8 +29,10 @@ from relay.model import (
     ClaimedDelivery,
     Decision,
     EventDetail,
+    IngestResult,
     NewEvent,
     RawRequest,
+    new_id,
 )
 from relay.store.base import DestinationStats, Store, StoreError
 from relay.store.sqlite.admin import SqliteAdminMixin
@@ -239,9 +241,12 @@ class SqliteStore(SqliteAdminMixin, Store):
 
     # -- the Store interface: writes ---------------------------------------------------------
 
-    async def ingest(self, request: RawRequest, events: Sequence[NewEvent]) -> dict[str, str]:
-        duplicates: dict[str, str] = await self._submit(IngestOp(request, events))
-        return duplicates
+    async def ingest(self, request: RawRequest, events: Sequence[NewEvent]) -> IngestResult:
+        # Ids are made here, on the event loop, in the order ops join the writer's queue, which is
+        # the order they commit: an events cursor never passes an id that commits later.
+        ids = tuple(new_id() for _ in events)
+        duplicates: dict[str, str] = await self._submit(IngestOp(request, events, ids))
+        return IngestResult(ids, duplicates)
 
     async def claim(
         self, destination: str, limit: int, now: float, lease_until: float

@@ -87,6 +87,7 @@ class Op:
 class IngestOp(Op):
     request: RawRequest
     events: Sequence[NewEvent]
+    event_ids: Sequence[str]
 
 
 @dataclass(eq=False)
@@ -244,15 +245,15 @@ def _write_ingests(
         )  # fmt: skip
         dups: dict[str, str] = {}
         duplicates.append(dups)
-        for e in op.events:
+        for event_id, e in zip(op.event_ids, op.events, strict=True):
             duplicate_of = originals.get(e.dedup_key) if e.dedup_key else None
             if duplicate_of is not None:
-                dups[e.id] = duplicate_of
+                dups[event_id] = duplicate_of
             elif e.dedup_key:
-                originals[e.dedup_key] = e.id
+                originals[e.dedup_key] = event_id
             events.append(
                 (
-                    e.id, e.request_id, e.inbound, e.source, e.type, e.received_at, e.fired_at,
+                    event_id, r.id, e.inbound, e.source, e.type, e.received_at, e.fired_at,
                     e.list_id, e.email, e.parse_error, e.dedup_key, duplicate_of, e.payload,
                     e.payload_content_type,
                 )
@@ -263,7 +264,7 @@ def _write_ingests(
                 if state is DeliveryState.PENDING:
                     due.add(name)
                 t = e.received_at
-                deliveries.append((e.id, name, state.value, t, t, t))
+                deliveries.append((event_id, name, state.value, t, t, t))
     conn.executemany(_INSERT_REQUEST, requests)
     if events:
         conn.executemany(_INSERT_EVENT, events)
