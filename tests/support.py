@@ -26,8 +26,10 @@ from relay.config import Settings, parse_config
 from relay.server.app import RELAY_KEY, Relay, create_app
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "mailchimp"
-SAMPLES = SHARED / "samples"
+# Mailchimp's sample bodies and signature vectors, byte for byte: the repository carries them so
+# that a clone alone runs every test (tests/fixtures/mailchimp/README.md says where they come from).
+MAILCHIMP = REPO / "tests" / "fixtures" / "mailchimp"
+SAMPLES = MAILCHIMP / "samples"
 FORM = "application/x-www-form-urlencoded"
 
 

@@ -15,7 +15,7 @@ import pytest
 from relay.protocols.mailchimp import mailchimp_signature, mandrill_signature, parse_mandrill
 from relay.protocols.standard_webhooks import verify_standard_webhook
 from tests.support import (
-    SHARED,
+    SAMPLES,
     RelayFactory,
     Sink,
     config_text,
@@ -83,7 +83,7 @@ async def test_mandrill_batch_becomes_one_event_and_delivery_per_element(
     )
     assert status == 200
     elements = json.loads(
-        (SHARED / "samples" / "mandrill_all_event_types.mandrill_events.json").read_text()
+        (SAMPLES / "mandrill_all_event_types.mandrill_events.json").read_text()
     )
     await wait_until(lambda: len(sink.at("/all")) == len(elements), what="one delivery per element")
     assert len(db_rows(db, "SELECT id FROM requests")) == 1

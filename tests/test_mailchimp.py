@@ -22,10 +22,10 @@ from relay.protocols.mailchimp import (
     verify_mandrill_signature,
 )
 
-# CI clones the repo into some folder and copies shared/ beside it: <repo>/../shared.
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "mailchimp"
-SAMPLES = SHARED / "samples"
-VECTORS = json.loads((SHARED / "signature_vectors.json").read_text())
+# Mailchimp's sample bodies and signature vectors, kept in the repository byte for byte.
+MAILCHIMP = Path(__file__).resolve().parent / "fixtures" / "mailchimp"
+SAMPLES = MAILCHIMP / "samples"
+VECTORS = json.loads((MAILCHIMP / "signature_vectors.json").read_text())
 AUDIENCE_SAMPLES = sorted(p.stem for p in SAMPLES.glob("mc_*.txt") if ".meta" not in p.name)
 
 
@@ -527,7 +527,7 @@ MAILCHIMP_VECTORS = VECTORS["mailchimp_marketing"]
 
 @pytest.mark.parametrize("vector", MANDRILL_VECTORS, ids=lambda v: f"{v['key']}-{v['url']}")
 def test_mandrill_signature_vectors(vector: dict[str, str]) -> None:
-    body = (SHARED / vector["body_file"]).read_bytes()
+    body = (MAILCHIMP / vector["body_file"]).read_bytes()
     key, url, expected = vector["key"], vector["url"], vector["expected"]
     assert mandrill_signature(key, url, body) == expected
     assert verify_mandrill_signature(key, url, body, expected)
@@ -558,7 +558,7 @@ def test_mandrill_signature_sorts_fields_and_uses_decoded_values() -> None:
 
 @pytest.mark.parametrize("vector", MAILCHIMP_VECTORS, ids=lambda v: v["secret"])
 def test_mailchimp_signature_vector(vector: dict[str, Any]) -> None:
-    body = (SHARED / vector["body_file"]).read_bytes()
+    body = (MAILCHIMP / vector["body_file"]).read_bytes()
     secret, ts, header = vector["secret"], vector["timestamp"], vector["expected"]
     assert mailchimp_signature(secret, ts, body) == header
     assert verify_mailchimp_signature(secret, body, header, now=ts) is None
