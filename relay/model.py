@@ -146,6 +146,7 @@ class ClaimedDelivery:
     content_type: str
     fired_at: float | None = None
     created_at: float | None = None  # when the delivery was made (a replay's is the replay's)
+    claimed_at: float | None = None  # the store's clock when this attempt's lease began
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +213,7 @@ class EventRecord:
     parse_error: str | None
     dedup_key: str | None
     duplicate_of: str | None
+    seq: int = 0  # its position in the commit order of events: what cursors page by
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +231,9 @@ class EventDetail:
 
 
 class ReplayState(enum.StrEnum):
-    """Where a replay stands; ``interrupted`` means relay stopped before it finished."""
+    """Where a replay stands. A running replay is a job: any process sharing the store runs it,
+    and another one carries on if that process stops. ``interrupted`` is only found on replays
+    recorded by releases that stopped them with the process."""
 
     RUNNING = "running"
     DONE = "done"
@@ -260,10 +264,11 @@ class EventFilter:
 
 @dataclass(frozen=True, slots=True)
 class EventPage:
-    """Events newest first; ``next_cursor`` is the last id returned when more may follow."""
+    """Events newest first; ``next_cursor`` is the position of the last one returned when more
+    may follow (positions are the commit order of events)."""
 
     events: tuple[EventRecord, ...]
-    next_cursor: str | None
+    next_cursor: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +304,9 @@ class NewReplay:
     filter: str  # JSON, as the operator sent it (normalised)
     destinations: tuple[str, ...]  # empty = "the destinations whose filters match today"
     total: int
+    # What the job walks: the operator's filter with its end fixed at the start of the replay,
+    # so events arriving meanwhile (live traffic) are not part of it.
+    where: EventFilter = EventFilter()
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +330,8 @@ class ReplayRecord:
     state: ReplayState
     finished_at: float | None
     per_destination: tuple[tuple[str, int], ...] = ()
+    where: EventFilter = EventFilter()
+    cursor: int | None = None  # the position of the last event walked
 
 
 @dataclass(frozen=True, slots=True)

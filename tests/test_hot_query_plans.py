@@ -41,7 +41,7 @@ def test_claim_uses_the_partial_due_index(conn: sqlite3.Connection) -> None:
 
 
 def test_next_due_uses_the_partial_due_index(conn: sqlite3.Connection) -> None:
-    assert_indexed(plan(conn, store_sqlite._NEXT_DUE, ("crm",)), "deliveries_due")
+    assert_indexed(plan(conn, store_sqlite._NEXT_DUE, ("crm", "crm")), "deliveries_due")
 
 
 def test_stats_and_oldest_pending_use_the_state_index(conn: sqlite3.Connection) -> None:
@@ -57,12 +57,14 @@ def test_claimed_detail_reads_by_primary_keys(conn: sqlite3.Connection) -> None:
     assert "SEARCH r USING INDEX sqlite_autoindex_requests_1" in text, text
 
 
-def test_dedup_lookup_uses_the_dedup_index(conn: sqlite3.Connection) -> None:
-    sql = (
-        "SELECT dedup_key, min(id) FROM events WHERE dedup_key IN (?,?) AND received_at >= ?"
-        " AND duplicate_of IS NULL GROUP BY dedup_key"
-    )
-    assert_indexed(plan(conn, sql, ("a", "b", 0.0)), "events_dedup")
+def test_dedup_lookup_probes_the_originals_by_primary_key(conn: sqlite3.Connection) -> None:
+    sql = "SELECT key, event_id, first_seen FROM dedup WHERE key IN (?,?)"
+    assert "SEARCH dedup USING PRIMARY KEY (key=?)" in plan(conn, sql, ("a", "b"))
+
+
+def test_ingest_takes_the_next_position_from_the_position_index(conn: sqlite3.Connection) -> None:
+    text = plan(conn, "SELECT coalesce(max(seq), 0) FROM events", ())
+    assert "SEARCH events USING COVERING INDEX events_seq" in text, text
 
 
 def test_complete_updates_by_primary_key(conn: sqlite3.Connection) -> None:

@@ -265,7 +265,7 @@ async def test_live_events_overtake_a_large_background_replay(
     db = tmp_path / "relay.db"
     dests = destination("crm", sink.url("/crm"), concurrency=2)
     relay = await start_relay(config_text(db, dests, extra=ADMIN_TABLE))
-    control = relay.relay.control
+    control = relay.relay.control.replays
     control.inline_limit, control.walk_batch, control.feed = 50, 100, 10
     total = 600
     # Stored, never delivered: as if they arrived before crm existed.
@@ -372,14 +372,15 @@ async def test_a_replay_racing_prune_makes_no_delivery_for_a_pruned_event(
     (gone, _), (kept, _) = _rows(db, "SELECT id, email FROM events ORDER BY email")
     # What a background replay does between reading its candidates and writing deliveries,
     # with a retention prune in between that takes one of the events.
-    replay_id = await store.start_replay(NewReplay("test", "{}", ("crm",), 2), time.time())
+    # Held by this test, so the process's own replay runner leaves it alone.
+    replay_id = await store.start_replay(
+        NewReplay("test", "{}", ("crm",), 2), owner="test", lease=60
+    )
     await wait_until(
         lambda: _rows(db, "SELECT count(*) FROM deliveries WHERE state = 'delivered'") == [(2,)]
     )
-    assert (await store.prune(cutoff)).deleted_events == 1
-    created = await store.add_replay_deliveries(
-        replay_id, [(gone, "crm"), (kept, "crm")], 2, time.time()
-    )
+    assert (await store.prune(time.time() - cutoff)).deleted_events == 1
+    created = await store.add_replay_deliveries(replay_id, [(gone, "crm"), (kept, "crm")], 2)
     assert [(c.event_id, c.destination) for c in created] == [(kept, "crm")]
     await wait_until(lambda: len(sink.at("/crm")) == 3, what="the replay of the kept event")
     assert _rows(db, "SELECT count(*) FROM deliveries WHERE event_id = ?", gone) == [(0,)]
@@ -462,7 +463,7 @@ async def test_a_paced_background_replay_reports_only_the_events_it_has_reached(
     sink.delay["/crm"] = 5.0  # one attempt in flight for the whole test; the rest wait
     dests = destination("crm", sink.url("/crm"), concurrency=1, types=["unsubscribe"])
     relay = await start_relay(config_text(db, dests, extra=ADMIN_TABLE))
-    control = relay.relay.control
+    control = relay.relay.control.replays
     control.inline_limit, control.walk_batch, control.feed = 5, 100, 5
     for i in range(30):
         assert (await relay.post("/hooks/user", subscribe_body(f"u{i}@example.com")))[0] == 200

@@ -255,12 +255,12 @@ async def test_a_capped_database_that_refuses_webhooks_still_records_attempts(
         # Everything taken is sent and recorded once; an attempt that could not be recorded
         # would leave its delivery leased, to be sent again when the lease ran out.
         recorded = 0
-        while claimed := await store.claim("crm", 64, time.time(), time.time() + 60):
+        while claimed := await store.claim("crm", 64, 60.0):
             for delivery in claimed:
                 result = AttemptResult(
                     AttemptOutcome.SUCCESS, time.time(), 0.001, 200, response_head=b"ok" * 100
                 )
-                await store.complete(delivery, result, Decision(DeliveryState.DELIVERED))
+                assert await store.complete(delivery, result, Decision(DeliveryState.DELIVERED))
                 recorded += 1
         assert recorded == taken > 100
     finally:

@@ -10,10 +10,10 @@ import pytest
 
 from relay.config import StorageConfig
 from relay.model import DeliveryState, EventFilter
-from relay.store.sqlite.admin import deliveries_query, events_query
+from relay.store.sqlite.queries import deliveries_query, events_query
 from relay.store.sqlite.store import SqliteStore
 
-CURSOR = "01J00000000000000000000000"
+CURSOR = 1000
 FILTERS = {
     "inbound": EventFilter(inbound="audience-user"),
     "type": EventFilter(type="unsubscribe"),
@@ -58,13 +58,13 @@ def assert_no_full_scan(lines: list[str]) -> None:
 @pytest.mark.parametrize("name", sorted(FILTERS))
 @pytest.mark.parametrize("cursor", [None, CURSOR])
 def test_events_list_uses_an_index_for_each_filter(
-    name: str, cursor: str | None, conn: sqlite3.Connection
+    name: str, cursor: int | None, conn: sqlite3.Connection
 ) -> None:
     sql, params = events_query(FILTERS[name], 51, cursor)
     assert_no_full_scan(plan(conn, sql, params))
 
 
-def test_events_list_page_after_a_cursor_searches_the_primary_key(conn: sqlite3.Connection) -> None:
+def test_events_list_page_after_a_cursor_searches_the_position_index(conn: sqlite3.Connection) -> None:
     sql, params = events_query(EventFilter(), 51, CURSOR)
     assert_no_full_scan(plan(conn, sql, params))
 

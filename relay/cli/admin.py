@@ -298,7 +298,7 @@ def add_admin_commands(sub: Any) -> None:
     listing.add_argument(
         "--limit", type=int, default=50, help="at most this many (1-1000; default 50)"
     )
-    listing.add_argument("--cursor", help="continue after this event id (from the previous page)")
+    listing.add_argument("--cursor", help="continue from the next_cursor of the previous page")
     _common(listing)
     listing.set_defaults(func=run(events_list))
     show = events_sub.add_parser(

@@ -28,13 +28,14 @@ from relay.obs.metrics import Metrics
 from relay.pipeline.backoff import decide
 from relay.pipeline.outbound import build_request
 from relay.store import Store, StoreError
+from relay.store.base import POLL_INTERVAL, Signal, SignalKind
 
 log = logging.getLogger("relay.delivery")
 hot_log = HotLog("relay.delivery")
 
-# Re-check the store at least this often: picks up leases that expired after a crash and work
-# written by other relay processes sharing a database.
-IDLE_RECHECK = 5.0
+# Re-check the store at least this often: picks up leases that expired after a crash, and work
+# whose signal was lost (another process's notification missed while reconnecting).
+IDLE_RECHECK = POLL_INTERVAL
 STORE_RETRY = 1.0
 BLOCKED_RECHECK = 0.25
 
@@ -68,6 +69,9 @@ class DestinationWorker:
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._stopping = False
+        # The store's clock minus this process's, as seen at the last claim: backoff and age
+        # limits are computed in the store's clock, which every process shares.
+        self._clock_offset = 0.0
 
     def wake(self) -> None:
         self._wake.set()
@@ -83,13 +87,14 @@ class DestinationWorker:
             free = limit - len(self._inflight)
             timeout: float | None = None
             if free >= batch or (free > 0 and not self._inflight):
-                now = time.time()
                 try:
-                    claimed = await self.store.claim(name, free, now, now + lease)
+                    claimed = await self.store.claim(name, free, lease)
                     for delivery in claimed:
+                        if delivery.claimed_at is not None:
+                            self._clock_offset = delivery.claimed_at - time.time()
                         self._spawn(delivery)
                     if len(claimed) < free:
-                        timeout = await self._idle_timeout(now)
+                        timeout = await self._idle_timeout()
                 except StoreError as exc:
                     log.warning("destination=%s claim failed: %s", name, exc)
                     timeout = STORE_RETRY
@@ -100,15 +105,15 @@ class DestinationWorker:
                         await self._wake.wait()
             self._wake.clear()
 
-    async def _idle_timeout(self, now: float) -> float:
-        due = await self.store.next_due(self.destination.name)
-        if due is None:
+    async def _idle_timeout(self) -> float:
+        due_in = await self.store.due_in(self.destination.name)
+        if due_in is None:
             return IDLE_RECHECK
-        if due <= now:
+        if due_in <= 0:
             # Due but not claimed: held back (a database at its size cap) or leased by another
             # process. Look again soon, without a transaction every few milliseconds.
             return BLOCKED_RECHECK
-        return min(IDLE_RECHECK, max(0.01, due - now))
+        return min(IDLE_RECHECK, max(0.01, due_in))
 
     def _spawn(self, delivery: ClaimedDelivery) -> None:
         task = asyncio.create_task(
@@ -132,10 +137,10 @@ class DestinationWorker:
         dest = self.destination
         body, headers = build_request(dest, delivery, self.kinds, time.time())
         result = await self.sender.send(dest.url, body, headers, dest.timeout)
-        now = time.time()
+        now = time.time() + self._clock_offset
         decision = decide(dest.retry, delivery.attempt, result, now, delivery.created_at)
         try:
-            await self.store.complete(delivery, result, decision)
+            held = await self.store.complete(delivery, result, decision)
         except StoreError as exc:
             # Not recorded: the lease runs out and the delivery is attempted again. At least once.
             log.error(
@@ -146,6 +151,16 @@ class DestinationWorker:
                 exc,
             )
             return
+        if not held:
+            # The attempt outlived its lease and another one took the delivery over: that one
+            # decides its state. This attempt is on record; its outcome counts, its state not.
+            log.warning(
+                "event=%s destination=%s attempt=%d finished after its lease ran out",
+                delivery.event_id,
+                dest.name,
+                delivery.attempt,
+            )
+            decision = Decision(DeliveryState.DELIVERING)
         self._observe(delivery, result, decision)
 
     def _observe(
@@ -164,7 +179,7 @@ class DestinationWorker:
         if not hot_log.logger.isEnabledFor(level):
             return
         if decision.state is DeliveryState.PENDING and decision.next_attempt_at is not None:
-            then = f" retry_in={decision.next_attempt_at - time.time():.1f}s"
+            then = f" retry_in={decision.next_attempt_at - time.time() - self._clock_offset:.1f}s"
         else:
             then = f" reason={decision.reason!r}" if decision.reason else ""
         status = result.status if result.status is not None else "-"
@@ -214,7 +229,12 @@ class Dispatcher:
         }
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._on_fatal = on_fatal
-        store.add_due_listener(self.wake)
+        store.signals.subscribe(self.on_signal)
+
+    def on_signal(self, signal: Signal) -> None:
+        # A pause needs no wake-up: claims check it in the store. A resume comes as DUE.
+        if signal.kind is SignalKind.DUE:
+            self.wake([signal.name])
 
     def wake(self, destinations: Iterable[str]) -> None:
         for name in destinations:

@@ -110,11 +110,14 @@ class Admin:
     async def list_events(self, request: web.Request) -> web.Response:
         query = request.query
         where = parse_filter(query, ignore=frozenset({"limit", "cursor"}))
-        page = await self.store.list_events(
-            where, parse_limit(query.get("limit")), query.get("cursor") or None
-        )
+        cursor = query.get("cursor") or None
+        before = parse_id(cursor) if cursor is not None else None
+        if cursor is not None and before is None:
+            raise BadRequestError("cursor: expected the next_cursor of a previous page")
+        page = await self.store.list_events(where, parse_limit(query.get("limit")), before)
+        next_cursor = str(page.next_cursor) if page.next_cursor is not None else None
         return json_response(
-            {"events": [event_json(e) for e in page.events], "next_cursor": page.next_cursor}
+            {"events": [event_json(e) for e in page.events], "next_cursor": next_cursor}
         )
 
     async def show_event(self, request: web.Request) -> web.Response:

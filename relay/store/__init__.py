@@ -1,11 +1,11 @@
-"""Storage backends behind one interface; ``open_store`` picks one by URL scheme."""
+"""Storage backends behind one interface; ``create_store`` picks one by URL scheme."""
 
 from __future__ import annotations
 
 from relay.config import StorageConfig
-from relay.store.base import DestinationStats, DueListener, Store, StoreError
+from relay.store.base import DestinationStats, Signal, SignalKind, Store, StoreError
 
-__all__ = ["DestinationStats", "DueListener", "Store", "StoreError", "create_store"]
+__all__ = ["DestinationStats", "Signal", "SignalKind", "Store", "StoreError", "create_store"]
 
 
 def create_store(config: StorageConfig, dedup_window: float = 86400.0) -> Store:

@@ -1,8 +1,32 @@
-"""The one storage interface that ingest, delivery and the admin API use, whatever the backend."""
+"""The storage interfaces every backend honours, whatever it runs on.
+
+Two halves, one object per backend:
+
+- ``DeliveryQueue``, the hot path: ingest a request with its events and deliveries, claim due
+  deliveries with a lease, record attempts, say when work falls due, prove the store is writable.
+- ``Archive``, operator control: lists, one event in full, replays as resumable jobs, pause and
+  resume, pruning.
+
+Rules that are not storage (which state a new delivery starts in, what a dead delivery keeps as
+its error, when a repeated event counts as a duplicate) live in ``relay.store.rules`` and are
+used by every backend; the store contract suite (tests/store_contract) runs every behaviour
+against every backend.
+
+Time: every time a store writes (leases, due times, dedup, replay and pause times) comes from the
+store's own clock, which all processes sharing the store share: the database server's for
+PostgreSQL, the machine's for SQLite (all its processes are on the one machine). ``now()`` reads
+it, so workers compute backoff in that same clock.
+
+Signals: a store tells its subscribers when deliveries fall due, a destination is paused or
+resumed, or a replay job wants attention, including when another process sharing the store did
+it (PostgreSQL LISTEN/NOTIFY). A lost signal costs at most ``POLL_INTERVAL``: every waiter also
+re-checks on its own at least that often.
+"""
 
 from __future__ import annotations
 
 import abc
+import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -26,14 +50,30 @@ from relay.model import (
     ReplayState,
 )
 
-# Called after a commit that made deliveries due now, with the names of their destinations.
-DueListener = Callable[[frozenset[str]], None]
+# The longest a waiter relies on signals alone: a notification lost with a dropped connection
+# delays work by at most this much.
+POLL_INTERVAL = 1.0
+
+
+class SignalKind(enum.StrEnum):
+    DUE = "due"  # deliveries of ``name`` became due now
+    PAUSE = "pause"  # destination ``name`` was paused or resumed
+    REPLAY = "replay"  # replay ``name`` (its id) was started, cancelled, or needs an owner
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    kind: SignalKind
+    name: str
+
+
+SignalListener = Callable[[Signal], None]
 # Called after each committed transaction with its number of operations and its duration.
 CommitObserver = Callable[[int, float], None]
 
 
 class StoreError(Exception):
-    """Storage could not do what was asked (disk full, locked, I/O error): nothing was committed."""
+    """Storage could not do what was asked (disk full, locked, unreachable): nothing committed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,62 +88,90 @@ class DestinationStats:
     oldest_pending_at: float | None = None
 
 
-class Store(abc.ABC):
-    """Every storage operation relay needs. Backends: SQLite (embedded), PostgreSQL (scale out)."""
+class Signals:
+    """Fan-out of store signals to this process's subscribers."""
 
     def __init__(self) -> None:
-        self._listeners: list[DueListener] = []
-        self.on_commit: CommitObserver | None = None
+        self._listeners: list[SignalListener] = []
 
-    def add_due_listener(self, listener: DueListener) -> None:
-        """Register a wake-up for delivery workers, so new work starts without polling."""
+    def subscribe(self, listener: SignalListener) -> None:
         self._listeners.append(listener)
 
-    def _notify_due(self, destinations: frozenset[str]) -> None:
-        if destinations:
-            for listener in self._listeners:
-                listener(destinations)
+    def emit(self, signal: Signal) -> None:
+        for listener in self._listeners:
+            listener(signal)
+
+    def emit_due(self, destinations: frozenset[str] | set[str]) -> None:
+        for name in destinations:
+            self.emit(Signal(SignalKind.DUE, name))
+
+
+class DeliveryQueue(abc.ABC):
+    """The hot path: what ingest and delivery workers need, and nothing else."""
+
+    signals: Signals
+    on_commit: CommitObserver | None
 
     @abc.abstractmethod
     async def open(self) -> None:
-        """Connect and bring the schema up to date."""
+        """Connect, bring the schema up to date, start listening for signals."""
 
     @abc.abstractmethod
     async def close(self) -> None:
         """Finish queued writes and release connections."""
 
     @abc.abstractmethod
+    async def now(self) -> float:
+        """The store's clock, in Unix seconds: the one all processes sharing the store share."""
+
+    @abc.abstractmethod
     async def ingest(self, request: RawRequest, events: Sequence[NewEvent]) -> IngestResult:
-        """Store a request, its events and one delivery per destination in one transaction.
+        """Store a request, its events and one delivery per destination, in one transaction.
 
-        The store gives the events their ids, in commit order. An event whose dedup key was
-        already stored within the dedup window is stored as a duplicate, without deliveries; the
-        result maps such event ids to the original's id.
+        The store gives the events their ids and their place in the events cursor, in commit
+        order. An event whose dedup key was stored within the dedup window is kept as a
+        duplicate, without deliveries. Deliveries to a paused destination start paused.
 
-        Returns only once committed (durably, per the configured synchronous level); raises
-        StoreError if not committed. Concurrent calls share transactions (group commit).
+        Returns only once committed durably; raises StoreError if not committed. Concurrent
+        calls share transactions (group commit).
         """
 
     @abc.abstractmethod
-    async def claim(
-        self, destination: str, limit: int, now: float, lease_until: float
-    ) -> list[ClaimedDelivery]:
-        """Lease up to ``limit`` due deliveries of ``destination`` until ``lease_until``."""
+    async def claim(self, destination: str, limit: int, lease: float) -> list[ClaimedDelivery]:
+        """Lease up to ``limit`` due deliveries of ``destination`` for ``lease`` seconds.
+
+        Nothing is claimed while the destination is paused. A delivery whose event is no longer
+        stored is marked dead instead of being returned. A delivering one whose lease ran out is
+        due again (its worker died), and is claimed like a pending one.
+        """
 
     @abc.abstractmethod
     async def complete(
         self, delivery: ClaimedDelivery, result: AttemptResult, decision: Decision
-    ) -> None:
-        """Record an attempt and move its delivery to the decided state, atomically."""
+    ) -> bool:
+        """Record an attempt and move its delivery to the decided state, atomically.
+
+        Only while the delivery still holds this attempt's lease: a worker that outlived its
+        lease must not overwrite the attempt that took over. Returns whether it still held it
+        (the attempt is recorded either way).
+        """
 
     @abc.abstractmethod
-    async def next_due(self, destination: str) -> float | None:
-        """When the earliest pending (or leased) delivery of ``destination`` becomes due; None
-        when there is none, or while the destination is paused (resume wakes its worker)."""
+    async def due_in(self, destination: str) -> float | None:
+        """Seconds until the earliest pending (or leased) delivery of ``destination`` is due
+        (0 or less: due now); None when there is none, or while the destination is paused."""
 
     @abc.abstractmethod
     async def ping(self) -> None:
-        """Prove storage is writable now; raise StoreError otherwise."""
+        """Prove storage is writable now, with room for new rows; raise StoreError otherwise."""
+
+
+class Archive(abc.ABC):
+    """Operator control: reads for the admin API, replays, pause and resume, pruning.
+
+    Every write is its own short transaction, so bulk work (a 100,000-event replay, a prune)
+    never holds up ingest for long.
+    """
 
     @abc.abstractmethod
     async def destination_stats(self) -> list[DestinationStats]:
@@ -113,15 +181,15 @@ class Store(abc.ABC):
     async def get_event(self, event_id: str) -> EventDetail | None:
         """One event with its raw request, deliveries and attempts; None if unknown."""
 
-    # -- operator control (admin API): listing, replays, pause, retention ---------------------
-    # Reads may run on a separate connection; every write is its own short transaction so that
-    # bulk work (a 100,000-event replay, a prune) never holds the writer for long.
-
     @abc.abstractmethod
     async def list_events(
-        self, where: EventFilter, limit: int, before: str | None = None
+        self, where: EventFilter, limit: int, before: int | None = None
     ) -> EventPage:
-        """Matching events newest first, starting below event id ``before``."""
+        """Matching events newest first (by cursor position), below cursor ``before``.
+
+        The cursor is the commit order of events: paging from the newest down sees every event
+        stored before the first page exactly once, whichever process stored it.
+        """
 
     @abc.abstractmethod
     async def count_events(self, where: EventFilter) -> int:
@@ -129,38 +197,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def replay_candidates(
-        self, where: EventFilter, after: str | None, limit: int, with_payload: bool
+        self, where: EventFilter, after: int | None, limit: int, with_payload: bool
     ) -> list[ReplayCandidate]:
-        """Matching events oldest first, above event id ``after``; bytes only if asked."""
-
-    @abc.abstractmethod
-    async def start_replay(self, replay: NewReplay, now: float) -> int:
-        """Record a replay request (state running) and return its id."""
-
-    @abc.abstractmethod
-    async def add_replay_deliveries(
-        self, replay_id: int, pairs: Sequence[tuple[str, str]], matched: int, now: float
-    ) -> list[CreatedDelivery]:
-        """Create one new delivery per (event id, destination), due now, and count progress.
-
-        Deliveries for a paused destination are created paused. Wakes the workers after commit.
-        """
-
-    @abc.abstractmethod
-    async def finish_replay(self, replay_id: int, state: ReplayState, now: float) -> None:
-        """Mark a replay done (or failed or interrupted)."""
-
-    @abc.abstractmethod
-    async def interrupt_running_replays(self, now: float) -> int:
-        """Mark replays left running by a stopped process as interrupted; how many."""
-
-    @abc.abstractmethod
-    async def get_replay(self, replay_id: int) -> ReplayRecord | None:
-        """One replay with its progress and deliveries created per destination."""
-
-    @abc.abstractmethod
-    async def replay_backlog(self, replay_id: int, destination: str) -> int:
-        """Deliveries of this replay to ``destination`` still waiting or in flight."""
+        """Matching events oldest first, above cursor ``after``; bytes only if asked."""
 
     @abc.abstractmethod
     async def list_deliveries(
@@ -172,22 +211,92 @@ class Store(abc.ABC):
     ) -> DeliveryPage:
         """Deliveries newest first (by id), below delivery id ``before``."""
 
+    # -- replays: jobs any process can run ----------------------------------------------------
+
+    @abc.abstractmethod
+    async def start_replay(
+        self, replay: NewReplay, owner: str | None = None, lease: float = 0.0
+    ) -> int:
+        """Record a replay (state running) and return its id.
+
+        With ``owner`` the replay starts held by it for ``lease`` seconds (one run inside a
+        request); without, it waits for any process's job runner to claim it.
+        """
+
+    @abc.abstractmethod
+    async def claim_replay(self, owner: str, lease: float) -> ReplayRecord | None:
+        """Take a running replay that has no live owner, for ``lease`` seconds; None if none."""
+
+    @abc.abstractmethod
+    async def add_replay_deliveries(
+        self,
+        replay_id: int,
+        pairs: Sequence[tuple[str, str]],
+        matched: int,
+        cursor: int | None = None,
+        owner: str | None = None,
+    ) -> list[CreatedDelivery]:
+        """Create one new delivery per (event id, destination), due now, and count progress.
+
+        ``cursor`` (the last event position walked) is saved in the same transaction, so a
+        replay resumed by another process neither skips nor repeats events. With ``owner``, the
+        write only happens while that owner holds the replay (else StoreError). Deliveries to a
+        paused destination start paused; an event pruned meanwhile gets none.
+        """
+
+    @abc.abstractmethod
+    async def renew_replay(self, replay_id: int, owner: str, lease: float) -> bool:
+        """Extend the owner's lease; False when it lost the replay or the replay ended."""
+
+    @abc.abstractmethod
+    async def finish_replay(self, replay_id: int, state: ReplayState) -> None:
+        """Mark a replay done, failed or interrupted, and release it."""
+
+    @abc.abstractmethod
+    async def release_replay(self, replay_id: int, owner: str) -> None:
+        """Give up a running replay (its process is stopping), so another process takes it
+        over at once instead of when the lease runs out."""
+
+    @abc.abstractmethod
+    async def get_replay(self, replay_id: int) -> ReplayRecord | None:
+        """One replay with its progress and deliveries created per destination."""
+
+    @abc.abstractmethod
+    async def replay_backlog(self, replay_id: int, destination: str) -> int:
+        """Deliveries of this replay to ``destination`` still waiting or in flight."""
+
+    # -- pause and retention ------------------------------------------------------------------
+
     @abc.abstractmethod
     async def paused_destinations(self) -> frozenset[str]:
         """Names of destinations currently paused."""
 
     @abc.abstractmethod
-    async def pause_destination(self, name: str, now: float) -> int:
+    async def pause_destination(self, name: str) -> int:
         """Pause a destination: hold its pending deliveries as paused; how many were held."""
 
     @abc.abstractmethod
-    async def resume_destination(self, name: str, now: float) -> int:
+    async def resume_destination(self, name: str) -> int:
         """Resume a destination: its paused deliveries become due now; how many."""
 
     @abc.abstractmethod
-    async def prune(self, cutoff: float, batch: int = 500) -> PruneResult:
-        """Delete events received before ``cutoff`` whose deliveries are all finished.
+    async def try_lease(self, name: str, owner: str, seconds: float) -> bool:
+        """Hold the named lease (e.g. the retention job) for ``seconds`` unless another owner
+        holds it unexpired; renewing one's own lease succeeds."""
 
-        Works in transactions of ``batch`` events; an event with a pending, delivering or paused
-        delivery is never deleted. A request goes once none of its events is left.
+    @abc.abstractmethod
+    async def prune(self, older_than: float, batch: int = 500) -> PruneResult:
+        """Delete events received more than ``older_than`` seconds ago whose deliveries are all
+        finished, in transactions of ``batch`` events.
+
+        An event with a pending, delivering or paused delivery is never deleted. A request goes
+        once none of its events is left.
         """
+
+
+class Store(DeliveryQueue, Archive):
+    """One backend: SQLite (embedded) or PostgreSQL (any number of processes and machines)."""
+
+    def __init__(self) -> None:
+        self.signals = Signals()
+        self.on_commit = None

@@ -1,4 +1,4 @@
-"""SQLite side of operator control: event and delivery lists, replays, pause and pruning.
+"""SQLite side of operator control: lists, replay jobs, pause and resume, leases and pruning.
 
 A mixin of ``SqliteStore``: reads go to the reader connection through ``_read``; writes go
 through ``call``, so each one is a short transaction of its own on the single writer and ingest
@@ -25,113 +25,42 @@ from relay.model import (
     ReplayCandidate,
     ReplayRecord,
     ReplayState,
-    encode_ulid,
 )
-from relay.store.base import StoreError
-from relay.store.sqlite.rows import (
-    DELIVERY_COLUMNS,
-    EVENT_COLUMNS,
-    delivery_record,
-    event_record,
+from relay.store.base import Signal, SignalKind, Signals, StoreError
+from relay.store.codec import filter_from_json, filter_to_json
+from relay.store.rules import initial_state
+from relay.store.sqlite.queries import (
+    ID_SLACK,
+    UNFINISHED,
+    candidates_query,
+    count_query,
+    deliveries_query,
+    events_query,
+    id_bound,
 )
-
-# An event id embeds the millisecond its event was made, a little after its request arrived
-# (the body is read first, possibly slowly). Time filters bound the id with this much slack, so
-# the primary key narrows the search, and compare received_at exactly on what the bound lets in.
-ID_SLACK = 3600.0
-_UNFINISHED = "('pending', 'delivering', 'paused')"
-
-
-def id_bound(ts: float) -> str:
-    """The smallest event id (ULID) that can be made at Unix time ``ts``."""
-    return encode_ulid(max(0, int(ts * 1000)) << 80)
-
-
-def _prefixed(columns: str, alias: str) -> str:
-    return ", ".join(f"{alias}.{c.strip()}" for c in columns.split(","))
-
-
-def event_where(where: EventFilter) -> tuple[list[str], list[Any]]:
-    """SQL terms (on ``events e``) and parameters for a filter; each term can use an index."""
-    terms: list[str] = []
-    params: list[Any] = []
-    for column, value in (
-        ("inbound", where.inbound),
-        ("type", where.type),
-        ("source", where.source),
-        ("list_id", where.list_id),
-        ("email", where.email),
-    ):
-        if value is not None:
-            terms.append(f"e.{column} = ?")
-            params.append(value)
-    if where.since is not None:
-        terms += ["e.id >= ?", "e.received_at >= ?"]
-        params += [id_bound(where.since - ID_SLACK), where.since]
-    if where.until is not None:
-        terms += ["e.id < ?", "e.received_at < ?"]
-        params += [id_bound(where.until + ID_SLACK), where.until]
-    if where.originals_only:
-        terms.append("e.duplicate_of IS NULL")
-    if where.state is not None or where.destination is not None:
-        sub: list[str] = []
-        if where.state is not None:
-            sub.append("state = ?")
-            params.append(where.state.value)
-        if where.destination is not None:
-            sub.append("destination = ?")
-            params.append(where.destination)
-        terms.append(f"e.id IN (SELECT event_id FROM deliveries WHERE {' AND '.join(sub)})")
-    return terms, params
-
-
-def events_query(where: EventFilter, limit: int, before: str | None) -> tuple[str, list[Any]]:
-    """The events-list query: newest first, below the cursor (exposed for the plan test)."""
-
-    terms, params = event_where(where)
-    if before is not None:
-        terms.append("e.id < ?")
-        params.append(before)
-    sql = (
-        f"SELECT {_prefixed(EVENT_COLUMNS, 'e')} FROM events e"
-        f"{' WHERE ' + ' AND '.join(terms) if terms else ''} ORDER BY e.id DESC LIMIT ?"
-    )
-    return sql, [*params, limit]
-
-
-def deliveries_query(
-    state: DeliveryState | None, destination: str | None, limit: int, before: int | None
-) -> tuple[str, list[Any]]:
-    """The deliveries-list query: newest first, below the cursor (exposed for the plan test)."""
-
-    terms: list[str] = []
-    params: list[Any] = []
-    for term, value in (
-        ("d.state = ?", state.value if state is not None else None),
-        ("d.destination = ?", destination),
-        ("d.id < ?", before),
-    ):
-        if value is not None:
-            terms.append(term)
-            params.append(value)
-    sql = (
-        f"SELECT {_prefixed(DELIVERY_COLUMNS, 'd')}, e.inbound, e.source, e.type, e.email,"
-        " e.received_at FROM deliveries d JOIN events e ON e.id = d.event_id"
-        f"{' WHERE ' + ' AND '.join(terms) if terms else ''} ORDER BY d.id DESC LIMIT ?"
-    )
-    return sql, [*params, limit]
-
+from relay.store.sqlite.rows import delivery_record, event_record
+from relay.store.sqlite.writer import PAUSED, clock
 
 _REPLAY_COLUMNS = (
     "id, requested_by, requested_at, filter, destinations, total, matched, created, state,"
-    " finished_at"
+    " finished_at, spec, cursor"
 )
 
 
-class SqliteAdminMixin:
-    """The operator-control half of ``SqliteStore`` (see ``Store``'s last section)."""
+def _replay(r: Sequence[Any], counts: Sequence[Sequence[Any]] = ()) -> ReplayRecord:
+    return ReplayRecord(
+        id=r[0], requested_by=r[1], requested_at=r[2], filter=r[3],
+        destinations=tuple(orjson.loads(r[4])), total=r[5], matched=r[6], created=r[7],
+        state=ReplayState(r[8]), finished_at=r[9],
+        per_destination=tuple((str(c[0]), int(c[1])) for c in counts),
+        where=filter_from_json(r[10]), cursor=r[11],
+    )  # fmt: skip
 
-    _paused: frozenset[str]
+
+class SqliteAdminMixin:
+    """The operator-control half of ``SqliteStore`` (see ``Archive``)."""
+
+    signals: Signals
 
     if TYPE_CHECKING:
 
@@ -139,55 +68,33 @@ class SqliteAdminMixin:
 
         async def call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any: ...
 
-        def _notify_due(self, destinations: frozenset[str]) -> None: ...
-
     # -- reads -------------------------------------------------------------------------------
 
     async def list_events(
-        self, where: EventFilter, limit: int, before: str | None = None
+        self, where: EventFilter, limit: int, before: int | None = None
     ) -> EventPage:
-
         sql, params = events_query(where, limit + 1, before)
         rows = await self._read(sql, params)
         events = tuple(event_record(r) for r in rows[:limit])
         more = len(rows) > limit
-        return EventPage(events=events, next_cursor=events[-1].id if more and events else None)
+        return EventPage(events=events, next_cursor=events[-1].seq if more and events else None)
 
     async def count_events(self, where: EventFilter) -> int:
-        terms, params = event_where(where)
-        rows = await self._read(
-            f"SELECT count(*) FROM events e{' WHERE ' + ' AND '.join(terms) if terms else ''}",
-            params,
-        )
+        sql, params = count_query(where)
+        rows = await self._read(sql, params)
         return int(rows[0][0])
 
     async def replay_candidates(
-        self, where: EventFilter, after: str | None, limit: int, with_payload: bool
+        self, where: EventFilter, after: int | None, limit: int, with_payload: bool
     ) -> list[ReplayCandidate]:
-
-        terms, params = event_where(where)
-        if after is not None:
-            terms.append("e.id > ?")
-            params.append(after)
-        columns = _prefixed(EVENT_COLUMNS, "e")
-        source = "events e"
-        if with_payload:
-            columns += (
-                ", coalesce(e.payload, r.body), coalesce(e.payload_content_type, r.content_type)"
-            )
-            source += " JOIN requests r ON r.id = e.request_id"
-        rows = await self._read(
-            f"SELECT {columns} FROM {source}"
-            f"{' WHERE ' + ' AND '.join(terms) if terms else ''} ORDER BY e.id LIMIT ?",
-            [*params, limit],
-        )
+        sql, params = candidates_query(where, after, limit, with_payload)
         return [
             ReplayCandidate(
                 event=event_record(r),
-                payload=bytes(r[12]) if with_payload else None,
-                content_type=r[13] if with_payload else None,
+                payload=bytes(r[13]) if with_payload else None,
+                content_type=r[14] if with_payload else None,
             )
-            for r in rows
+            for r in await self._read(sql, params)
         ]
 
     async def list_deliveries(
@@ -197,7 +104,6 @@ class SqliteAdminMixin:
         limit: int,
         before: int | None = None,
     ) -> DeliveryPage:
-
         sql, params = deliveries_query(state, destination, limit + 1, before)
         rows = await self._read(sql, params)
         listed = tuple(
@@ -218,18 +124,12 @@ class SqliteAdminMixin:
         rows = await self._read(f"SELECT {_REPLAY_COLUMNS} FROM replays WHERE id = ?", [replay_id])
         if not rows:
             return None
-        r = rows[0]
         counts = await self._read(
             "SELECT destination, count(*) FROM deliveries WHERE replay_id = ?"
             " GROUP BY destination ORDER BY destination",
             [replay_id],
         )
-        return ReplayRecord(
-            id=r[0], requested_by=r[1], requested_at=r[2], filter=r[3],
-            destinations=tuple(orjson.loads(r[4])), total=r[5], matched=r[6], created=r[7],
-            state=ReplayState(r[8]), finished_at=r[9],
-            per_destination=tuple((str(c[0]), int(c[1])) for c in counts),
-        )  # fmt: skip
+        return _replay(rows[0], counts)
 
     async def replay_backlog(self, replay_id: int, destination: str) -> int:
         rows = await self._read(
@@ -240,51 +140,82 @@ class SqliteAdminMixin:
         return int(rows[0][0])
 
     async def paused_destinations(self) -> frozenset[str]:
-        rows = await self._read("SELECT name FROM destination_state WHERE paused = 1")
-        return frozenset(str(r[0]) for r in rows)
+        return frozenset(str(r[0]) for r in await self._read(PAUSED))
 
-    # -- writes ------------------------------------------------------------------------------
+    # -- replay jobs -------------------------------------------------------------------------
 
     # Write functions run on the writer's thread inside its transaction; an exception rolls
     # that transaction back and fails this caller alone, as a StoreError.
-    async def start_replay(self, replay: NewReplay, now: float) -> int:
+    async def start_replay(
+        self, replay: NewReplay, owner: str | None = None, lease: float = 0.0
+    ) -> int:
         def insert(conn: sqlite3.Connection) -> int:
+            now = clock()
             cursor = conn.execute(
                 "INSERT INTO replays (requested_by, requested_at, filter, destinations, total,"
-                " state) VALUES (?,?,?,?,?,?)",
+                " state, spec, owner, lease_until) VALUES (?,?,?,?,?,?,?,?,?)",
                 (
-                    replay.requested_by,
-                    now,
-                    replay.filter,
-                    orjson.dumps(list(replay.destinations)).decode(),
-                    replay.total,
-                    ReplayState.RUNNING.value,
+                    replay.requested_by, now, replay.filter,
+                    orjson.dumps(list(replay.destinations)).decode(), replay.total,
+                    ReplayState.RUNNING.value, filter_to_json(replay.where), owner,
+                    now + lease if owner is not None else None,
                 ),
-            )
+            )  # fmt: skip
             assert cursor.lastrowid is not None
             return cursor.lastrowid
 
         replay_id: int = await self.call(insert)
+        if owner is None:
+            self.signals.emit(Signal(SignalKind.REPLAY, str(replay_id)))
         return replay_id
 
+    async def claim_replay(self, owner: str, lease: float) -> ReplayRecord | None:
+        def take(conn: sqlite3.Connection) -> ReplayRecord | None:
+            now = clock()
+            row = conn.execute(
+                f"UPDATE replays SET owner = ?, lease_until = ? WHERE id = (SELECT id FROM"
+                f" replays WHERE state = 'running' AND (lease_until IS NULL OR lease_until < ?)"
+                f" ORDER BY id LIMIT 1) RETURNING {_REPLAY_COLUMNS}",
+                (owner, now + lease, now),
+            ).fetchone()
+            return _replay(row) if row is not None else None
+
+        record: ReplayRecord | None = await self.call(take)
+        return record
+
+    async def renew_replay(self, replay_id: int, owner: str, lease: float) -> bool:
+        def renew(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE replays SET lease_until = ? WHERE id = ? AND owner = ?"
+                " AND state = 'running'",
+                (clock() + lease, replay_id, owner),
+            )
+            return cursor.rowcount > 0
+
+        held: bool = await self.call(renew)
+        return held
+
     async def add_replay_deliveries(
-        self, replay_id: int, pairs: Sequence[tuple[str, str]], matched: int, now: float
+        self,
+        replay_id: int,
+        pairs: Sequence[tuple[str, str]],
+        matched: int,
+        cursor: int | None = None,
+        owner: str | None = None,
     ) -> list[CreatedDelivery]:
         def insert(conn: sqlite3.Connection) -> list[CreatedDelivery]:
-            paused = self._paused
+            if owner is not None and not conn.execute(
+                "SELECT 1 FROM replays WHERE id = ? AND owner = ? AND state = 'running'",
+                (replay_id, owner),
+            ).fetchone():
+                raise StoreError(f"replay {replay_id} is no longer run by this process")
+            now = clock()
+            paused = frozenset(str(r[0]) for r in conn.execute(PAUSED))
             rows = [
-                (
-                    event_id,
-                    name,
-                    (DeliveryState.PAUSED if name in paused else DeliveryState.PENDING).value,
-                    now,
-                    now,
-                    now,
-                    replay_id,
-                    event_id,
-                )
+                (event_id, name, initial_state(name, paused).value, now, now, now, replay_id,
+                 event_id)
                 for event_id, name in pairs
-            ]
+            ]  # fmt: skip
             first = conn.execute("SELECT coalesce(max(id), 0) FROM deliveries").fetchone()[0]
             # An event pruned since the replay read it gets no delivery: one without its event
             # could be claimed but never sent, and would hold its lease forever.
@@ -303,47 +234,51 @@ class SqliteAdminMixin:
                 )
             ]
             conn.execute(
-                "UPDATE replays SET matched = matched + ?, created = created + ? WHERE id = ?",
-                (matched, len(made), replay_id),
+                "UPDATE replays SET matched = matched + ?, created = created + ?,"
+                " cursor = coalesce(?, cursor) WHERE id = ?",
+                (matched, len(made), cursor, replay_id),
             )
             return made
 
         created: list[CreatedDelivery] = await self.call(insert)
-        self._notify_due(
-            frozenset(c.destination for c in created if c.state is DeliveryState.PENDING)
-        )
+        self.signals.emit_due({c.destination for c in created if c.state is DeliveryState.PENDING})
         return created
 
-    async def finish_replay(self, replay_id: int, state: ReplayState, now: float) -> None:
+    async def finish_replay(self, replay_id: int, state: ReplayState) -> None:
         def update(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "UPDATE replays SET state = ?, finished_at = ? WHERE id = ?",
-                (state.value, now, replay_id),
+                "UPDATE replays SET state = ?, finished_at = ?, owner = NULL, lease_until = NULL"
+                " WHERE id = ?",
+                (state.value, clock(), replay_id),
             )
 
         await self.call(update)
 
-    async def interrupt_running_replays(self, now: float) -> int:
-        def update(conn: sqlite3.Connection) -> int:
-            cursor = conn.execute(
-                "UPDATE replays SET state = ?, finished_at = ? WHERE state = ?",
-                (ReplayState.INTERRUPTED.value, now, ReplayState.RUNNING.value),
+    async def release_replay(self, replay_id: int, owner: str) -> None:
+        """Give a running replay up (this process is stopping): another one takes it at once."""
+
+        def update(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE replays SET owner = NULL, lease_until = NULL WHERE id = ? AND owner = ?",
+                (replay_id, owner),
             )
-            return cursor.rowcount
 
-        count: int = await self.call(update)
-        return count
+        await self.call(update)
+        self.signals.emit(Signal(SignalKind.REPLAY, str(replay_id)))
 
-    async def pause_destination(self, name: str, now: float) -> int:
-        return await self._set_paused(name, now, paused=True)
+    # -- pause, leases, retention --------------------------------------------------------------
 
-    async def resume_destination(self, name: str, now: float) -> int:
-        moved = await self._set_paused(name, now, paused=False)
-        self._notify_due(frozenset({name}))
+    async def pause_destination(self, name: str) -> int:
+        return await self._set_paused(name, paused=True)
+
+    async def resume_destination(self, name: str) -> int:
+        moved = await self._set_paused(name, paused=False)
+        self.signals.emit(Signal(SignalKind.DUE, name))
         return moved
 
-    async def _set_paused(self, name: str, now: float, *, paused: bool) -> int:
+    async def _set_paused(self, name: str, *, paused: bool) -> int:
         def update(conn: sqlite3.Connection) -> int:
+            now = clock()
             conn.execute(
                 "INSERT INTO destination_state (name, paused, updated_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET paused = excluded.paused,"
@@ -365,20 +300,28 @@ class SqliteAdminMixin:
                     " WHERE destination = ? AND state = 'paused'",
                     (now, now, now, name),
                 )
-            # The writer reads this set when it inserts new deliveries and claims due ones; it
-            # changes here, on the writer, so no ingest sees a half-applied pause.
-            self._paused = self._paused | {name} if paused else self._paused - {name}
             return cursor.rowcount
 
-        try:
-            moved: int = await self.call(update)
-        except StoreError:
-            # The transaction rolled back: take the flag from what is actually stored.
-            self._paused = await self.paused_destinations()
-            raise
+        moved: int = await self.call(update)
+        self.signals.emit(Signal(SignalKind.PAUSE, name))
         return moved
 
-    async def prune(self, cutoff: float, batch: int = 500) -> PruneResult:
+    async def try_lease(self, name: str, owner: str, seconds: float) -> bool:
+        def take(conn: sqlite3.Connection) -> bool:
+            now = clock()
+            cursor = conn.execute(
+                "INSERT INTO leases (name, owner, until) VALUES (?, ?, ?) ON CONFLICT (name)"
+                " DO UPDATE SET owner = excluded.owner, until = excluded.until"
+                " WHERE leases.owner = excluded.owner OR leases.until < ?",
+                (name, owner, now + seconds, now),
+            )
+            return cursor.rowcount > 0
+
+        held: bool = await self.call(take)
+        return held
+
+    async def prune(self, older_than: float, batch: int = 500) -> PruneResult:
+        cutoff = clock() - older_than
         after = ""
         events = requests = 0
         while True:
@@ -400,7 +343,7 @@ def _prune_batch(
             "SELECT e.id, e.request_id FROM events e"
             " WHERE e.id > ? AND e.id < ? AND e.received_at < ? AND NOT EXISTS"
             " (SELECT 1 FROM deliveries d WHERE d.event_id = e.id"
-            f" AND d.state IN {_UNFINISHED}) ORDER BY e.id LIMIT ?",
+            f" AND d.state IN {UNFINISHED}) ORDER BY e.id LIMIT ?",
             (after, id_bound(cutoff + ID_SLACK), cutoff, batch),
         ).fetchall()
         if not rows:
@@ -414,6 +357,11 @@ def _prune_batch(
             ids,
         )
         conn.execute(f"DELETE FROM deliveries WHERE event_id IN ({marks})", ids)
+        conn.execute(
+            "DELETE FROM dedup WHERE key IN (SELECT dedup_key FROM events WHERE id IN"
+            f" ({marks}) AND dedup_key IS NOT NULL) AND event_id IN ({marks})",
+            ids + ids,
+        )
         conn.execute(f"DELETE FROM events WHERE id IN ({marks})", ids)
         cursor = conn.execute(
             f"DELETE FROM requests WHERE id IN ({','.join('?' * len(request_ids))})"

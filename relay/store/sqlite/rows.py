@@ -11,7 +11,7 @@ from relay.model import AttemptRecord, DeliveryRecord, DeliveryState, EventRecor
 
 EVENT_COLUMNS = (
     "id, request_id, inbound, source, type, received_at, fired_at, list_id, email, parse_error,"
-    " dedup_key, duplicate_of"
+    " dedup_key, duplicate_of, seq"
 )
 REQUEST_COLUMNS = "id, inbound, method, path, query, headers, body, content_type, peer, received_at"
 DELIVERY_COLUMNS = (
@@ -22,7 +22,7 @@ ATTEMPT_COLUMNS = "number, started_at, duration, outcome, status, error, respons
 
 
 def event_record(row: Sequence[Any]) -> EventRecord:
-    return EventRecord(*row[:12])
+    return EventRecord(*row[:13])
 
 
 def request_record(row: Sequence[Any]) -> RawRequest:

@@ -16,7 +16,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from relay.model import (
     new_id,
 )
 from relay.store.base import DestinationStats, Store, StoreError
+from relay.store.sqlfile import migrations
 from relay.store.sqlite.admin import SqliteAdminMixin
 from relay.store.sqlite.rows import (
     ATTEMPT_COLUMNS,
@@ -55,15 +55,19 @@ from relay.store.sqlite.writer import (
     PageLimits,
     PingOp,
     apply_batch,
+    clock,
 )
 
 log = logging.getLogger("relay.store")
 
 MAX_BATCH = 512
 
+# Nothing is claimed for a paused destination until resume, which signals its worker: a due
+# retry left pending by the pause must not make the worker poll.
 _NEXT_DUE = (
     "SELECT min(next_attempt_at) FROM deliveries"
     " WHERE destination = ? AND state IN ('pending', 'delivering')"
+    " AND NOT EXISTS (SELECT 1 FROM destination_state WHERE name = ? AND paused = 1)"
 )
 _STATS = (
     "SELECT state, destination, count(*) FROM deliveries"
@@ -109,7 +113,6 @@ class SqliteStore(SqliteAdminMixin, Store):
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._paused: frozenset[str] = frozenset()
         self._limits: PageLimits | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -151,8 +154,6 @@ class SqliteStore(SqliteAdminMixin, Store):
                 conn.execute(f"PRAGMA max_page_count={pages}")
                 self._limits = PageLimits.below(pages)
             migrate(conn)
-            rows = conn.execute("SELECT name FROM destination_state WHERE paused = 1")
-            self._paused = frozenset(r[0] for r in rows)
         except BaseException:
             conn.close()
             raise
@@ -213,7 +214,7 @@ class SqliteStore(SqliteAdminMixin, Store):
         started = time.perf_counter()
         try:
             outcome = await self._on_writer(
-                apply_batch, self._writer, ops, self._paused, self.dedup_window, self._limits
+                apply_batch, self._writer, ops, self.dedup_window, self._limits
             )
         except Exception as exc:
             # A lock held by another connection fails every op alike, and retrying them one by
@@ -237,7 +238,7 @@ class SqliteStore(SqliteAdminMixin, Store):
         for op, result in zip(ops, outcome.results, strict=True):
             if not op.future.done():
                 op.future.set_result(result)
-        self._notify_due(frozenset(outcome.due))
+        self.signals.emit_due(outcome.due)
 
     # -- the Store interface: writes ---------------------------------------------------------
 
@@ -248,18 +249,18 @@ class SqliteStore(SqliteAdminMixin, Store):
         duplicates: dict[str, str] = await self._submit(IngestOp(request, events, ids))
         return IngestResult(ids, duplicates)
 
-    async def claim(
-        self, destination: str, limit: int, now: float, lease_until: float
-    ) -> list[ClaimedDelivery]:
-        claimed: list[ClaimedDelivery] = await self._submit(
-            ClaimOp(destination, limit, now, lease_until)
-        )
+    async def claim(self, destination: str, limit: int, lease: float) -> list[ClaimedDelivery]:
+        claimed: list[ClaimedDelivery] = await self._submit(ClaimOp(destination, limit, lease))
         return claimed
 
     async def complete(
         self, delivery: ClaimedDelivery, result: AttemptResult, decision: Decision
-    ) -> None:
-        await self._submit(CompleteOp(delivery, result, decision))
+    ) -> bool:
+        held: bool = await self._submit(CompleteOp(delivery, result, decision))
+        return held
+
+    async def now(self) -> float:
+        return clock()
 
     async def ping(self) -> None:
         await self._submit(PingOp())
@@ -278,14 +279,10 @@ class SqliteStore(SqliteAdminMixin, Store):
         except sqlite3.Error as exc:
             raise StoreError(str(exc)) from None
 
-    async def next_due(self, destination: str) -> float | None:
-        if destination in self._paused:
-            # Nothing is claimed for it until resume, which wakes its worker: a due retry
-            # left pending by the pause must not make the worker poll.
-            return None
-        rows = await self._read(_NEXT_DUE, (destination,))
+    async def due_in(self, destination: str) -> float | None:
+        rows = await self._read(_NEXT_DUE, (destination, destination))
         value = rows[0][0] if rows else None
-        return float(value) if value is not None else None
+        return float(value) - clock() if value is not None else None
 
     async def destination_stats(self) -> list[DestinationStats]:
         counts: dict[str, dict[str, int]] = {}
@@ -337,27 +334,16 @@ class SqliteStore(SqliteAdminMixin, Store):
         return EventDetail(
             event=event,
             request=request,
-            payload=bytes(row[12]) if row[12] is not None else request.body,
-            payload_content_type=row[13] if row[13] is not None else request.content_type,
+            payload=bytes(row[13]) if row[13] is not None else request.body,
+            payload_content_type=row[14] if row[14] is not None else request.content_type,
             deliveries=tuple(delivery_record(d, tuple(attempts.get(d[0], ()))) for d in deliveries),
         )
-
-
-def migrations() -> list[tuple[int, str]]:
-    """The numbered ``NNNN_name.sql`` scripts shipped with relay, in order."""
-    folder = resources.files("relay.store.sqlite") / "migrations"
-    found = []
-    for entry in folder.iterdir():
-        name = entry.name
-        if name.endswith(".sql") and name[:4].isdigit():
-            found.append((int(name[:4]), entry.read_text(encoding="utf-8")))
-    return sorted(found)
 
 
 def migrate(conn: sqlite3.Connection) -> None:
     """Apply the migrations newer than the database's ``user_version``, each atomically."""
     current = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    for version, script in migrations():
+    for version, script in migrations("relay.store.sqlite"):
         if version <= current:
             continue
         log.info("applying schema migration %04d", version)

@@ -24,6 +24,7 @@ from relay.model import (
     NewEvent,
     RawRequest,
 )
+from relay.store.rules import ORPHANED, initial_state, is_duplicate, recorded_error
 
 PING_HEADROOM = 16 * 1024
 # Bound on parameters per IN (...) query; SQLite allows 32766 but short lists plan better.
@@ -35,14 +36,21 @@ _INSERT_REQUEST = (
 )
 _INSERT_EVENT = (
     "INSERT INTO events (id, request_id, inbound, source, type, received_at, fired_at, list_id,"
-    " email, parse_error, dedup_key, duplicate_of, payload, payload_content_type)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " email, parse_error, dedup_key, duplicate_of, payload, payload_content_type, seq)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
+_UPSERT_DEDUP = (
+    "INSERT INTO dedup (key, event_id, first_seen) VALUES (?,?,?) ON CONFLICT (key)"
+    " DO UPDATE SET event_id = excluded.event_id, first_seen = excluded.first_seen"
+)
+PAUSED = "SELECT name FROM destination_state WHERE paused = 1"
 _INSERT_DELIVERY = (
     "INSERT INTO deliveries (event_id, destination, state, next_attempt_at, created_at,"
     " updated_at) VALUES (?,?,?,?,?,?)"
 )
 # The partial index deliveries_due covers exactly this WHERE clause, in next_attempt_at order.
+# A paused destination is checked here, in the claiming transaction, so a pause made by any
+# process stops every process's claims at once.
 _CLAIM = """
 UPDATE deliveries
    SET state = 'delivering', attempts = attempts + 1, next_attempt_at = :lease, updated_at = :now
@@ -50,6 +58,7 @@ UPDATE deliveries
                WHERE destination = :destination AND state IN ('pending', 'delivering')
                  AND next_attempt_at <= :now
                ORDER BY next_attempt_at LIMIT :limit)
+   AND NOT EXISTS (SELECT 1 FROM destination_state WHERE name = :destination AND paused = 1)
 RETURNING id
 """
 _CLAIMED_DETAIL = """
@@ -94,8 +103,7 @@ class IngestOp(Op):
 class ClaimOp(Op):
     destination: str
     limit: int
-    now: float
-    lease_until: float
+    lease: float
 
 
 @dataclass(eq=False)
@@ -122,6 +130,11 @@ class BatchOutcome:
     results: list[Any]
     # Destinations with deliveries that became due with this commit (their workers are woken).
     due: set[str]
+
+
+def clock() -> float:
+    """The SQLite store's clock: the machine's, which every process using the file shares."""
+    return time.time()
 
 
 @dataclass(frozen=True)
@@ -155,7 +168,6 @@ def _full() -> sqlite3.OperationalError:
 def apply_batch(
     conn: sqlite3.Connection,
     ops: Sequence[Op],
-    paused: frozenset[str],
     dedup_window: float,
     limits: PageLimits | None = None,
 ) -> BatchOutcome:
@@ -163,25 +175,29 @@ def apply_batch(
     outcome = BatchOutcome(results=[None] * len(ops), due=set())
     conn.execute("BEGIN IMMEDIATE")
     try:
+        # Read under the write lock: no other process can pause or write meanwhile.
+        now = clock()
         ingests = [(i, op) for i, op in enumerate(ops) if isinstance(op, IngestOp)]
         if ingests:
-            duplicates = _write_ingests(conn, [op for _, op in ingests], paused, dedup_window,
+            duplicates = _write_ingests(conn, [op for _, op in ingests], now, dedup_window,
                                         outcome.due)  # fmt: skip
             if limits is not None and _pages_used(conn) > limits.ingest:
                 raise _full()
             for (i, _), dups in zip(ingests, duplicates, strict=True):
                 outcome.results[i] = dups
-        completes = [op for op in ops if isinstance(op, CompleteOp)]
+        completes = [(i, op) for i, op in enumerate(ops) if isinstance(op, CompleteOp)]
         if completes:
-            _write_completes(conn, completes)
+            held = _write_completes(conn, [op for _, op in completes])
+            for (i, _), ok in zip(completes, held, strict=True):
+                outcome.results[i] = ok
         for i, op in enumerate(ops):
             if isinstance(op, ClaimOp):
                 full = limits is not None and _pages_used(conn) > limits.claim
-                outcome.results[i] = [] if full or op.destination in paused else _claim(conn, op)
+                outcome.results[i] = [] if full else _claim(conn, op, now)
             elif isinstance(op, PingOp):
                 conn.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('heartbeat', ?)",
-                    (str(time.time()),),
+                    (str(now),),
                 )
                 # A full database still rewrites the heartbeat in place: prove there is room
                 # for new rows too, or /readyz says ready while ingest answers 503.
@@ -203,37 +219,42 @@ def apply_batch(
 
 
 def _originals(
-    conn: sqlite3.Connection, ops: Sequence[IngestOp], dedup_window: float
+    conn: sqlite3.Connection, ops: Sequence[IngestOp], now: float, dedup_window: float
 ) -> dict[str, str]:
-    """Dedup key -> id of the first event stored with it within the dedup window."""
+    """Dedup key -> id of the original stored with it within the dedup window."""
     keys = sorted({e.dedup_key for op in ops for e in op.events if e.dedup_key})
     if not keys or dedup_window <= 0:
         return {}
-    since = time.time() - dedup_window
     found: dict[str, str] = {}
     for start in range(0, len(keys), IN_CHUNK):
         chunk = keys[start : start + IN_CHUNK]
+        marks = ",".join("?" * len(chunk))
         rows = conn.execute(
-            f"SELECT dedup_key, min(id) FROM events WHERE dedup_key IN"
-            f" ({','.join('?' * len(chunk))}) AND received_at >= ? AND duplicate_of IS NULL"
-            " GROUP BY dedup_key",
-            [*chunk, since],
+            f"SELECT key, event_id, first_seen FROM dedup WHERE key IN ({marks})", chunk
         )
-        found.update((str(r[0]), str(r[1])) for r in rows)
+        found.update(
+            (str(key), str(event_id))
+            for key, event_id, first_seen in rows
+            if is_duplicate(first_seen, now, dedup_window)
+        )
     return found
 
 
 def _write_ingests(
     conn: sqlite3.Connection,
     ops: Sequence[IngestOp],
-    paused: frozenset[str],
+    now: float,
     dedup_window: float,
     due: set[str],
 ) -> list[dict[str, str]]:
     requests = []
     events = []
     deliveries = []
-    originals = _originals(conn, ops, dedup_window)
+    originals = _originals(conn, ops, now, dedup_window)
+    fresh: list[tuple[str, str, float]] = []
+    paused = frozenset(str(r[0]) for r in conn.execute(PAUSED))
+    # Positions are taken under the write lock, so they are commit order (see migration 0003).
+    seq = int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
     duplicates: list[dict[str, str]] = []
     for op in ops:
         r = op.request
@@ -251,31 +272,34 @@ def _write_ingests(
                 dups[event_id] = duplicate_of
             elif e.dedup_key:
                 originals[e.dedup_key] = event_id
+                fresh.append((e.dedup_key, event_id, now))
+            seq += 1
             events.append(
                 (
                     event_id, r.id, e.inbound, e.source, e.type, e.received_at, e.fired_at,
                     e.list_id, e.email, e.parse_error, e.dedup_key, duplicate_of, e.payload,
-                    e.payload_content_type,
+                    e.payload_content_type, seq,
                 )
             )  # fmt: skip
             # A retried webhook is kept, as every request is, but not delivered twice.
             for name in () if duplicate_of is not None else e.destinations:
-                state = DeliveryState.PAUSED if name in paused else DeliveryState.PENDING
+                state = initial_state(name, paused)
                 if state is DeliveryState.PENDING:
                     due.add(name)
-                t = e.received_at
-                deliveries.append((event_id, name, state.value, t, t, t))
+                deliveries.append((event_id, name, state.value, now, now, now))
     conn.executemany(_INSERT_REQUEST, requests)
     if events:
         conn.executemany(_INSERT_EVENT, events)
+    if fresh and dedup_window > 0:
+        conn.executemany(_UPSERT_DEDUP, fresh)
     if deliveries:
         conn.executemany(_INSERT_DELIVERY, deliveries)
     return duplicates
 
 
-def _write_completes(conn: sqlite3.Connection, ops: Sequence[CompleteOp]) -> None:
+def _write_completes(conn: sqlite3.Connection, ops: Sequence[CompleteOp]) -> list[bool]:
     attempts = []
-    updates = []
+    held = []
     for op in ops:
         d, r, dec = op.delivery, op.result, op.decision
         attempts.append(
@@ -284,22 +308,21 @@ def _write_completes(conn: sqlite3.Connection, ops: Sequence[CompleteOp]) -> Non
         )  # fmt: skip
         finished = r.started_at + r.duration
         delivered = dec.state is DeliveryState.DELIVERED
-        last_error = None
-        if not delivered:
-            last_error = dec.reason or r.error or (f"HTTP {r.status}" if r.status else None)
-        updates.append(
+        cursor = conn.execute(
+            _COMPLETE,
             (dec.state.value, dec.next_attempt_at, finished, finished if delivered else None,
-             r.status, last_error, d.id, d.attempt)
+             r.status, recorded_error(r, dec), d.id, d.attempt),
         )  # fmt: skip
+        held.append(cursor.rowcount > 0)
     conn.executemany(_INSERT_ATTEMPT, attempts)
-    conn.executemany(_COMPLETE, updates)
+    return held
 
 
-def _claim(conn: sqlite3.Connection, op: ClaimOp) -> list[ClaimedDelivery]:
+def _claim(conn: sqlite3.Connection, op: ClaimOp, now: float) -> list[ClaimedDelivery]:
     params = {
         "destination": op.destination,
-        "now": op.now,
-        "lease": op.lease_until,
+        "now": now,
+        "lease": now + op.lease,
         "limit": op.limit,
     }
     ids = [int(r[0]) for r in conn.execute(_CLAIM, params).fetchall()]
@@ -310,7 +333,7 @@ def _claim(conn: sqlite3.Connection, op: ClaimOp) -> list[ClaimedDelivery]:
         ClaimedDelivery(
             id=row[0], event_id=row[1], destination=row[2], attempt=row[3], replay=bool(row[4]),
             inbound=row[5], source=row[6], type=row[7], received_at=row[8], body=bytes(row[9]),
-            content_type=row[10], fired_at=row[11], created_at=row[12],
+            content_type=row[10], fired_at=row[11], created_at=row[12], claimed_at=now,
         )
         for row in detail
     ]  # fmt: skip
@@ -320,8 +343,7 @@ def _claim(conn: sqlite3.Connection, op: ClaimOp) -> list[ClaimedDelivery]:
         orphans = set(ids) - {c.id for c in claimed}
         conn.execute(
             f"UPDATE deliveries SET state = 'dead', next_attempt_at = NULL, updated_at = ?,"
-            f" last_error = 'its event is no longer stored'"
-            f" WHERE id IN ({','.join('?' * len(orphans))})",
-            (op.now, *orphans),
+            f" last_error = ? WHERE id IN ({','.join('?' * len(orphans))})",
+            (now, ORPHANED, *orphans),
         )
     return claimed
