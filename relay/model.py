@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import enum
 import os
+import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -61,6 +63,11 @@ def new_id() -> str:
             rand = int.from_bytes(os.urandom(10), "big") >> 1
         _last_id_ms, _last_id_rand = ms, rand
     return encode_ulid((ms << 80) | (rand & ((1 << 80) - 1)))
+
+
+def process_owner() -> str:
+    """A name for this process that no other process sharing a store has (for leases)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def encode_ulid(value: int) -> str:

@@ -152,8 +152,11 @@ shutdown_grace = 2.0
 
 [storage]
 url = "sqlite:///{db}"
-busy_timeout = 0.3
 {extra}
+
+[storage.sqlite]
+busy_timeout = 0.3
+
 {inbounds}
 {destinations}
 """

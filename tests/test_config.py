@@ -174,11 +174,25 @@ def test_missing_environment_variable_names_key_and_variable() -> None:
         ('[storage]\nmax_size_mb = "1GB"', "storage.max_size_mb: must be a number"),
         (
             '[storage]\nurl = "mysql://x"',
-            "storage.url: must be sqlite:///PATH (sqlite:////abs/path for an absolute path)",
+            "storage.url: must be sqlite:///PATH (sqlite:////abs/path for an absolute path) or postgresql://user@host:5432/db",
         ),
         (
-            '[storage]\nurl = "postgresql://relay@db/relay"',
-            "storage.url: the PostgreSQL backend is not available in this release; use sqlite:///PATH",
+            '[storage]\nurl = "postgresql://relay@db"',
+            "storage.url: names no database (postgresql://user@host:5432/DBNAME)",
+        ),
+        (
+            '[storage]\nurl = "postgresql://relay@db:port/relay"',
+            "storage.url: not a PostgreSQL URL (postgresql://user@host:5432/db)",
+        ),
+        (
+            '[storage]\nsynchronous = "FULL"',
+            "storage.synchronous: moved to [storage.sqlite] (storage.sqlite.synchronous)",
+        ),
+        ("[storage.sqlite]\nbusy_timeout = -1", "storage.sqlite.busy_timeout: must be 0 or more"),
+        ("[storage.postgresql]\npool_size = 0", "storage.postgresql.pool_size: must be greater than 0"),
+        (
+            '[storage.postgresql]\npassword_file = "/nonexistent/pw"',
+            "storage.postgresql.password_file: cannot read /nonexistent/pw: No such file or directory",
         ),
         (
             '[[inbound]]\nname = "a"\npath = "hooks"',

@@ -211,7 +211,7 @@ async def test_a_lock_held_elsewhere_fails_every_waiting_request_within_one_busy
 ) -> None:
     db = tmp_path / "relay.db"
     relay = await start_relay(config_text(db))
-    busy_timeout = relay.settings.storage.busy_timeout
+    busy_timeout = relay.settings.storage.sqlite.busy_timeout
     blocker = sqlite3.connect(db, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
     try:

@@ -10,7 +10,7 @@ import pytest
 
 from relay.config import StorageConfig
 from relay.model import DeliveryState, EventFilter
-from relay.store.sqlite.queries import deliveries_query, events_query
+from relay.store.filters import SQLITE, deliveries_query, events_query
 from relay.store.sqlite.store import SqliteStore
 
 CURSOR = 1000
@@ -60,12 +60,12 @@ def assert_no_full_scan(lines: list[str]) -> None:
 def test_events_list_uses_an_index_for_each_filter(
     name: str, cursor: int | None, conn: sqlite3.Connection
 ) -> None:
-    sql, params = events_query(FILTERS[name], 51, cursor)
+    sql, params = events_query(SQLITE, FILTERS[name], 51, cursor)
     assert_no_full_scan(plan(conn, sql, params))
 
 
 def test_events_list_page_after_a_cursor_searches_the_position_index(conn: sqlite3.Connection) -> None:
-    sql, params = events_query(EventFilter(), 51, CURSOR)
+    sql, params = events_query(SQLITE, EventFilter(), 51, CURSOR)
     assert_no_full_scan(plan(conn, sql, params))
 
 
@@ -75,7 +75,7 @@ def test_events_list_page_after_a_cursor_searches_the_position_index(conn: sqlit
 def test_deliveries_by_state_use_an_index(
     state: DeliveryState, destination: str | None, cursor: int | None, conn: sqlite3.Connection
 ) -> None:
-    sql, params = deliveries_query(state, destination, 51, cursor)
+    sql, params = deliveries_query(SQLITE, state, destination, 51, cursor)
     assert_no_full_scan(plan(conn, sql, params))
 
 

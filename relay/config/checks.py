@@ -96,6 +96,15 @@ def storage_url(value: str) -> str | None:
     if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
         return None
     if value.startswith(("postgresql://", "postgres://")):
-        # Said at load time, not as a failure after start-up: the backend is not built yet.
-        return "the PostgreSQL backend is not available in this release; use sqlite:///PATH"
-    return "must be sqlite:///PATH (sqlite:////abs/path for an absolute path)"
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018  (raises for a port that is not a number from 0 to 65535)
+        except ValueError:
+            return "not a PostgreSQL URL (postgresql://user@host:5432/db)"
+        if not parts.path.strip("/") and "dbname=" not in parts.query:
+            return "names no database (postgresql://user@host:5432/DBNAME)"
+        return None
+    return (
+        "must be sqlite:///PATH (sqlite:////abs/path for an absolute path)"
+        " or postgresql://user@host:5432/db"
+    )

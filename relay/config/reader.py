@@ -20,10 +20,12 @@ from relay.config.schema import (
     ConfigError,
     DestinationConfig,
     InboundConfig,
+    PostgresSettings,
     RetentionConfig,
     RetryPolicy,
     ServerConfig,
     Settings,
+    SqliteSettings,
     StorageConfig,
 )
 from relay.model import InboundKind
@@ -222,18 +224,53 @@ class _Reader:
 
     def storage(self, raw: dict[str, Any]) -> StorageConfig:
         p = "storage."
-        self.unknown(raw, p, {"url", "synchronous", "busy_timeout", "max_size_mb"})
-        url = self.get(raw, p, "url", str, "sqlite:///data/relay.db", checks.storage_url)
-        sync = self.get(
-            raw, p, "synchronous", str, "FULL", checks.one_of("FULL", "NORMAL", "EXTRA")
+        for moved in ("synchronous", "busy_timeout"):
+            if moved in raw:
+                self.fail(f"{p}{moved}", f"moved to [storage.sqlite] (storage.sqlite.{moved})")
+        self.unknown(
+            raw, p, {"url", "max_size_mb", "sqlite", "postgresql", "synchronous", "busy_timeout"}
         )
-        busy = self.get(raw, p, "busy_timeout", float, 5.0, checks.non_negative)
+        url = self.get(raw, p, "url", str, "sqlite:///data/relay.db", checks.storage_url)
         max_size = (
             self.get(raw, p, "max_size_mb", float, 0.0, checks.positive)
             if "max_size_mb" in raw
             else None
         )
-        return StorageConfig(url=url, synchronous=sync, busy_timeout=busy, max_size_mb=max_size)
+        return StorageConfig(
+            url=url,
+            max_size_mb=max_size,
+            sqlite=self.sqlite(self.table(raw, "sqlite")),
+            postgresql=self.postgresql(self.table(raw, "postgresql")),
+        )
+
+    def sqlite(self, raw: dict[str, Any]) -> SqliteSettings:
+        p = "storage.sqlite."
+        self.unknown(raw, p, {"synchronous", "busy_timeout"})
+        return SqliteSettings(
+            synchronous=self.get(
+                raw, p, "synchronous", str, "FULL", checks.one_of("FULL", "NORMAL", "EXTRA")
+            ),
+            busy_timeout=self.get(raw, p, "busy_timeout", float, 5.0, checks.non_negative),
+        )
+
+    def postgresql(self, raw: dict[str, Any]) -> PostgresSettings:
+        p = "storage.postgresql."
+        self.unknown(raw, p, {"pool_size", "connect_timeout", "command_timeout", "password_file"})
+        password = None
+        password_file = self.optional_str(raw, p, "password_file")
+        if password_file is not None:
+            try:
+                # One line, as Kubernetes and Docker secrets hold it; the newline is not part of it.
+                password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                self.fail(f"{p}password_file", f"cannot read {password_file}: {reason}")
+        return PostgresSettings(
+            pool_size=self.get(raw, p, "pool_size", int, 10, checks.positive),
+            connect_timeout=self.get(raw, p, "connect_timeout", float, 5.0, checks.positive),
+            command_timeout=self.get(raw, p, "command_timeout", float, 10.0, checks.positive),
+            password=password,
+        )
 
     def inbound(self, raw: dict[str, Any], p: str) -> InboundConfig | None:
         self.unknown(

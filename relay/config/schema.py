@@ -38,14 +38,40 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class StorageConfig:
-    url: str = "sqlite:///data/relay.db"
+class SqliteSettings:
+    """``[storage.sqlite]``: the embedded backend's own settings."""
+
     synchronous: str = "FULL"
     # How long a write waits for a lock held by another process before it fails (503).
     busy_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresSettings:
+    """``[storage.postgresql]``: the scale-out backend's own settings."""
+
+    # Connections for claims, admin reads and writes; ingest has one writer connection of its
+    # own and signals one listening connection, besides these.
+    pool_size: int = 10
+    # How long to wait for a connection, and for one statement, before answering 503.
+    connect_timeout: float = 5.0
+    command_timeout: float = 10.0
+    # From password_file, when set: kept out of the URL so it is never printed with it.
+    password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    url: str = "sqlite:///data/relay.db"
     # A cap on the database file: at the cap new webhooks get 503 (Mailchimp retries) instead
     # of the disk filling up for everything else on the machine. None: no cap.
     max_size_mb: float | None = None
+    sqlite: SqliteSettings = field(default_factory=SqliteSettings)
+    postgresql: PostgresSettings = field(default_factory=PostgresSettings)
+
+    @property
+    def backend(self) -> str:
+        return "postgresql" if self.url.startswith(("postgresql://", "postgres://")) else "sqlite"
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from relay.obs.metrics import Metrics
 from relay.pipeline.backoff import decide
 from relay.pipeline.outbound import build_request
 from relay.store import Store, StoreError
-from relay.store.base import POLL_INTERVAL, Signal, SignalKind
+from relay.store.base import ANY, POLL_INTERVAL, Signal, SignalKind
 
 log = logging.getLogger("relay.delivery")
 hot_log = HotLog("relay.delivery")
@@ -234,7 +234,7 @@ class Dispatcher:
     def on_signal(self, signal: Signal) -> None:
         # A pause needs no wake-up: claims check it in the store. A resume comes as DUE.
         if signal.kind is SignalKind.DUE:
-            self.wake([signal.name])
+            self.wake(self.workers if signal.name == ANY else [signal.name])
 
     def wake(self, destinations: Iterable[str]) -> None:
         for name in destinations:

@@ -23,10 +23,11 @@ from relay.model import (
     PruneResult,
     ReplayCandidate,
     ReplayState,
+    process_owner,
 )
 from relay.obs.metrics import Metrics
 from relay.pipeline.routing import targets
-from relay.server.replays import LEASE, ReplayJobs, process_owner
+from relay.server.replays import LEASE, ReplayJobs
 from relay.store import Store, StoreError
 
 log = logging.getLogger("relay.control")

@@ -13,10 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 
 from relay.config import Settings
@@ -46,11 +43,6 @@ MAX_RUNNING = 4
 
 # Called per walked batch with its events and the (event id, destination) pairs they route to.
 Batch = Callable[[list[ReplayCandidate], list[tuple[str, str]]], Awaitable[None]]
-
-
-def process_owner() -> str:
-    """A name for this process that no other process sharing the store has."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class ReplayJobs:

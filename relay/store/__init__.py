@@ -14,4 +14,8 @@ def create_store(config: StorageConfig, dedup_window: float = 86400.0) -> Store:
         from relay.store.sqlite.store import SqliteStore
 
         return SqliteStore(config, dedup_window)
+    if config.backend == "postgresql":
+        from relay.store.postgres.store import PostgresStore
+
+        return PostgresStore(config, dedup_window)
     raise StoreError(f"storage backend not available for {config.url.split(':', 1)[0]}")

@@ -61,6 +61,10 @@ class SignalKind(enum.StrEnum):
     REPLAY = "replay"  # replay ``name`` (its id) was started, cancelled, or needs an owner
 
 
+# A signal's name when anything of its kind may have changed (signals were lost meanwhile).
+ANY = "*"
+
+
 @dataclass(frozen=True, slots=True)
 class Signal:
     kind: SignalKind

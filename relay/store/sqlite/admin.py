@@ -28,9 +28,9 @@ from relay.model import (
 )
 from relay.store.base import Signal, SignalKind, Signals, StoreError
 from relay.store.codec import filter_from_json, filter_to_json
-from relay.store.rules import initial_state
-from relay.store.sqlite.queries import (
-    ID_SLACK,
+from relay.store.filters import (
+    RECEIVE_SLACK,
+    SQLITE,
     UNFINISHED,
     candidates_query,
     count_query,
@@ -38,7 +38,8 @@ from relay.store.sqlite.queries import (
     events_query,
     id_bound,
 )
-from relay.store.sqlite.rows import delivery_record, event_record
+from relay.store.rows import delivery_record, event_record
+from relay.store.rules import initial_state
 from relay.store.sqlite.writer import PAUSED, clock
 
 _REPLAY_COLUMNS = (
@@ -73,21 +74,21 @@ class SqliteAdminMixin:
     async def list_events(
         self, where: EventFilter, limit: int, before: int | None = None
     ) -> EventPage:
-        sql, params = events_query(where, limit + 1, before)
+        sql, params = events_query(SQLITE, where, limit + 1, before)
         rows = await self._read(sql, params)
         events = tuple(event_record(r) for r in rows[:limit])
         more = len(rows) > limit
         return EventPage(events=events, next_cursor=events[-1].seq if more and events else None)
 
     async def count_events(self, where: EventFilter) -> int:
-        sql, params = count_query(where)
+        sql, params = count_query(SQLITE, where)
         rows = await self._read(sql, params)
         return int(rows[0][0])
 
     async def replay_candidates(
         self, where: EventFilter, after: int | None, limit: int, with_payload: bool
     ) -> list[ReplayCandidate]:
-        sql, params = candidates_query(where, after, limit, with_payload)
+        sql, params = candidates_query(SQLITE, where, after, limit, with_payload)
         return [
             ReplayCandidate(
                 event=event_record(r),
@@ -104,7 +105,7 @@ class SqliteAdminMixin:
         limit: int,
         before: int | None = None,
     ) -> DeliveryPage:
-        sql, params = deliveries_query(state, destination, limit + 1, before)
+        sql, params = deliveries_query(SQLITE, state, destination, limit + 1, before)
         rows = await self._read(sql, params)
         listed = tuple(
             DeliveryListing(
@@ -344,7 +345,7 @@ def _prune_batch(
             " WHERE e.id > ? AND e.id < ? AND e.received_at < ? AND NOT EXISTS"
             " (SELECT 1 FROM deliveries d WHERE d.event_id = e.id"
             f" AND d.state IN {UNFINISHED}) ORDER BY e.id LIMIT ?",
-            (after, id_bound(cutoff + ID_SLACK), cutoff, batch),
+            (after, id_bound(cutoff + RECEIVE_SLACK), cutoff, batch),
         ).fetchall()
         if not rows:
             return 0, 0, None

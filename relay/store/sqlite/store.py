@@ -34,9 +34,7 @@ from relay.model import (
     new_id,
 )
 from relay.store.base import DestinationStats, Store, StoreError
-from relay.store.sqlfile import migrations
-from relay.store.sqlite.admin import SqliteAdminMixin
-from relay.store.sqlite.rows import (
+from relay.store.rows import (
     ATTEMPT_COLUMNS,
     DELIVERY_COLUMNS,
     EVENT_COLUMNS,
@@ -46,6 +44,8 @@ from relay.store.sqlite.rows import (
     event_record,
     request_record,
 )
+from relay.store.sqlfile import migrations
+from relay.store.sqlite.admin import SqliteAdminMixin
 from relay.store.sqlite.writer import (
     CallOp,
     ClaimOp,
@@ -87,8 +87,8 @@ def sqlite_path(url: str) -> str:
 def _pragmas(config: StorageConfig) -> list[str]:
     return [
         "PRAGMA journal_mode=WAL",
-        f"PRAGMA synchronous={config.synchronous}",
-        f"PRAGMA busy_timeout={int(config.busy_timeout * 1000)}",
+        f"PRAGMA synchronous={config.sqlite.synchronous}",
+        f"PRAGMA busy_timeout={int(config.sqlite.busy_timeout * 1000)}",
     ]
 
 
@@ -124,7 +124,7 @@ class SqliteStore(SqliteAdminMixin, Store):
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._writer = await self._on_writer(self._open_writer)
             self._reader = await aiosqlite.connect(
-                self.path, isolation_level=None, timeout=self.config.busy_timeout
+                self.path, isolation_level=None, timeout=self.config.sqlite.busy_timeout
             )
             for pragma in _pragmas(self.config):
                 await self._reader.execute(pragma)
@@ -141,7 +141,7 @@ class SqliteStore(SqliteAdminMixin, Store):
         conn = sqlite3.connect(
             self.path,
             isolation_level=None,
-            timeout=self.config.busy_timeout,
+            timeout=self.config.sqlite.busy_timeout,
             check_same_thread=False,
         )
         try:

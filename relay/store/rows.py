@@ -1,4 +1,4 @@
-"""Column lists and row-to-record mapping for the SQLite backend."""
+"""Column lists and row-to-record mapping, for every backend (rows are sequences of values)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ EVENT_COLUMNS = (
     "id, request_id, inbound, source, type, received_at, fired_at, list_id, email, parse_error,"
     " dedup_key, duplicate_of, seq"
 )
-REQUEST_COLUMNS = "id, inbound, method, path, query, headers, body, content_type, peer, received_at"
 DELIVERY_COLUMNS = (
     "id, event_id, destination, state, attempts, next_attempt_at, created_at, updated_at,"
     " delivered_at, last_status, last_error, replay_id"
 )
+REQUEST_COLUMNS = "id, inbound, method, path, query, headers, body, content_type, peer, received_at"
 ATTEMPT_COLUMNS = "number, started_at, duration, outcome, status, error, response_head"
 
 

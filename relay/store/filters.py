@@ -1,0 +1,160 @@
+"""SQL composed from operator filters, the same for every backend but for placeholders (pure).
+
+    events_query(SQLITE, EventFilter(type="subscribe"), 51, before=None)  # -> (sql, params)
+
+Exposed for the query-plan tests, which check that every filter shape is an index range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from relay.model import DeliveryState, EventFilter, encode_ulid
+from relay.store.rows import DELIVERY_COLUMNS, EVENT_COLUMNS
+
+# Events are stored within this many seconds of being received (a body read slowly, clocks of
+# several machines a little apart). Time filters bound positions with this slack, so paging in
+# position order stays an index range, and compare received_at exactly on what the bound admits.
+RECEIVE_SLACK = 3600.0
+UNFINISHED = "('pending', 'delivering', 'paused')"
+MAX_POSITION = 9223372036854775807
+
+@dataclass(frozen=True)
+class Dialect:
+    """How a backend writes the n-th bound parameter."""
+
+    numbered: bool  # PostgreSQL's $1, $2 ... or SQLite's ?
+
+
+SQLITE = Dialect(numbered=False)
+POSTGRES = Dialect(numbered=True)
+
+
+@dataclass
+class Params:
+    dialect: Dialect
+    values: list[Any] = field(default_factory=list)
+
+    def add(self, value: Any) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}" if self.dialect.numbered else "?"
+
+
+def id_bound(ts: float) -> str:
+    """The smallest event id (ULID) that can be made at Unix time ``ts``."""
+    return encode_ulid(max(0, int(ts * 1000)) << 80)
+
+
+def prefixed(columns: str, alias: str) -> str:
+    return ", ".join(f"{alias}.{c.strip()}" for c in columns.split(","))
+
+
+def position_before(p: Params, ts: float) -> str:
+    """SQL for a position every event received before ``ts`` is below (see RECEIVE_SLACK)."""
+    return (
+        "coalesce((SELECT seq FROM events WHERE received_at >= "
+        f"{p.add(ts + RECEIVE_SLACK)} ORDER BY received_at LIMIT 1), {MAX_POSITION})"
+    )
+
+
+def event_terms(p: Params, where: EventFilter) -> list[str]:
+    """SQL terms (on ``events e``) for a filter; each can use an index."""
+    terms: list[str] = []
+    for column, value in (
+        ("inbound", where.inbound),
+        ("type", where.type),
+        ("source", where.source),
+        ("list_id", where.list_id),
+        ("email", where.email),
+    ):
+        if value is not None:
+            terms.append(f"e.{column} = {p.add(value)}")
+    if where.since is not None:
+        # Every event received from `since` on comes after the last one received RECEIVE_SLACK
+        # before it.
+        terms.append(
+            "e.seq > coalesce((SELECT seq FROM events WHERE received_at < "
+            f"{p.add(where.since - RECEIVE_SLACK)} ORDER BY received_at DESC LIMIT 1), 0)"
+        )
+        terms.append(f"e.received_at >= {p.add(where.since)}")
+    if where.until is not None:
+        terms.append(f"e.seq < {position_before(p, where.until)}")
+        terms.append(f"e.received_at < {p.add(where.until)}")
+    if where.originals_only:
+        terms.append("e.duplicate_of IS NULL")
+    if where.state is not None or where.destination is not None:
+        sub: list[str] = []
+        if where.state is not None:
+            sub.append(f"state = {p.add(where.state.value)}")
+        if where.destination is not None:
+            sub.append(f"destination = {p.add(where.destination)}")
+        terms.append(f"e.id IN (SELECT event_id FROM deliveries WHERE {' AND '.join(sub)})")
+    return terms
+
+
+def _where(terms: list[str]) -> str:
+    return " WHERE " + " AND ".join(terms) if terms else ""
+
+
+def events_query(
+    dialect: Dialect, where: EventFilter, limit: int, before: int | None
+) -> tuple[str, list[Any]]:
+    """The events-list query: newest first (by position), below the cursor."""
+    p = Params(dialect)
+    terms = event_terms(p, where)
+    if before is not None:
+        terms.append(f"e.seq < {p.add(before)}")
+    sql = (
+        f"SELECT {prefixed(EVENT_COLUMNS, 'e')} FROM events e{_where(terms)}"
+        f" ORDER BY e.seq DESC LIMIT {p.add(limit)}"
+    )
+    return sql, p.values
+
+
+def count_query(dialect: Dialect, where: EventFilter) -> tuple[str, list[Any]]:
+    p = Params(dialect)
+    return f"SELECT count(*) FROM events e{_where(event_terms(p, where))}", p.values
+
+
+def candidates_query(
+    dialect: Dialect, where: EventFilter, after: int | None, limit: int, with_payload: bool
+) -> tuple[str, list[Any]]:
+    """Matching events oldest first (by position), above the cursor; bytes only if asked."""
+    p = Params(dialect)
+    terms = event_terms(p, where)
+    if after is not None:
+        terms.append(f"e.seq > {p.add(after)}")
+    columns = prefixed(EVENT_COLUMNS, "e")
+    source = "events e"
+    if with_payload:
+        columns += ", coalesce(e.payload, r.body), coalesce(e.payload_content_type, r.content_type)"
+        source += " JOIN requests r ON r.id = e.request_id"
+    sql = f"SELECT {columns} FROM {source}{_where(terms)} ORDER BY e.seq LIMIT {p.add(limit)}"
+    return sql, p.values
+
+
+def deliveries_query(
+    dialect: Dialect,
+    state: DeliveryState | None,
+    destination: str | None,
+    limit: int,
+    before: int | None,
+) -> tuple[str, list[Any]]:
+    """The deliveries-list query: newest first, below the cursor."""
+    p = Params(dialect)
+    terms: list[str] = []
+    for column, value in (
+        ("d.state", state.value if state is not None else None),
+        ("d.destination", destination),
+    ):
+        if value is not None:
+            terms.append(f"{column} = {p.add(value)}")
+    if before is not None:
+        terms.append(f"d.id < {p.add(before)}")
+    sql = (
+        f"SELECT {prefixed(DELIVERY_COLUMNS, 'd')}, e.inbound, e.source, e.type, e.email,"
+        f" e.received_at FROM deliveries d JOIN events e ON e.id = d.event_id{_where(terms)}"
+        f" ORDER BY d.id DESC LIMIT {p.add(limit)}"
+    )
+    return sql, p.values

@@ -1,0 +1,1 @@
+"""The scale-out PostgreSQL backend: any number of relay processes and machines on one database."""

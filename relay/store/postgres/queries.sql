@@ -1,0 +1,267 @@
+-- relay's PostgreSQL statements, by name (loaded once by relay.store.sqlfile.load_queries).
+-- Lists are passed as arrays (= ANY($1), unnest(...)), never as IN (...) of varying length, so
+-- each statement's text is fixed and asyncpg prepares it once per connection.
+
+-- name: now
+SELECT relay_now();
+
+-- name: ensure_destinations
+-- A row per destination that ingest can lock: see lock_destinations.
+INSERT INTO destination_state (name, paused, updated_at)
+SELECT unnest($1::text[]), false, relay_now()
+ON CONFLICT (name) DO NOTHING;
+
+-- name: lock_destinations
+-- Shared row locks: a pause (which updates the row) waits for this ingest to commit, then holds
+-- the deliveries it made too; an ingest after the pause reads it.
+SELECT name, paused FROM destination_state WHERE name = ANY($1::text[]) ORDER BY name FOR SHARE;
+
+-- name: insert_requests
+INSERT INTO requests (id, inbound, method, path, query, headers, body, content_type, peer,
+                      received_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::bytea[], $8::text[], $9::text[], $10::float8[]);
+
+-- name: upsert_dedup
+-- Keys (unique, sorted) whose event becomes the original: new ones, and ones whose original is
+-- older than the dedup window ($3 seconds). A key another transaction is inserting waits for it
+-- to commit, then is not returned: exact across processes.
+INSERT INTO dedup AS d (key, event_id, first_seen)
+SELECT k, e, relay_now() FROM unnest($1::text[], $2::text[]) AS u(k, e) ORDER BY k
+ON CONFLICT (key) DO UPDATE SET event_id = excluded.event_id, first_seen = excluded.first_seen
+ WHERE d.first_seen < excluded.first_seen - $3
+RETURNING key;
+
+-- name: dedup_originals
+SELECT key, event_id FROM dedup WHERE key = ANY($1::text[]);
+
+-- name: lock_positions
+-- Held until commit: the next ingest takes its positions only after this one is visible, so
+-- position order is commit order across every process (the events cursor).
+SELECT pg_advisory_xact_lock($1);
+
+-- name: take_positions
+-- $1 consecutive positions, the first of them returned (only ever called under lock_positions).
+SELECT setval('events_seq', nextval('events_seq') + $1 - 1) - $1 + 1;
+
+-- name: insert_events
+INSERT INTO events (id, request_id, inbound, source, type, received_at, fired_at, list_id, email,
+                    parse_error, dedup_key, duplicate_of, payload, payload_content_type, seq)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::float8[],
+                     $7::float8[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+                     $13::bytea[], $14::text[], $15::int8[]);
+
+-- name: insert_deliveries
+INSERT INTO deliveries (event_id, destination, state, next_attempt_at, created_at, updated_at)
+SELECT e, d, s, relay_now(), relay_now(), relay_now()
+  FROM unnest($1::text[], $2::text[], $3::text[]) AS u(e, d, s);
+
+-- name: notify
+SELECT pg_notify($1, $2);
+
+-- name: insert_attempts
+INSERT INTO attempts (delivery_id, number, started_at, duration, outcome, status, error,
+                      response_head)
+SELECT * FROM unnest($1::int8[], $2::int4[], $3::float8[], $4::float8[], $5::text[], $6::int4[],
+                     $7::text[], $8::bytea[]);
+
+-- name: complete
+-- Only while the delivery still holds this attempt's lease (attempts is the fencing token).
+UPDATE deliveries d
+   SET state = u.state, next_attempt_at = u.next_attempt_at, updated_at = u.finished,
+       delivered_at = CASE WHEN u.state = 'delivered' THEN u.finished END,
+       last_status = u.status, last_error = u.error
+  FROM unnest($1::int8[], $2::int4[], $3::text[], $4::float8[], $5::float8[], $6::int4[],
+              $7::text[]) AS u(id, attempt, state, next_attempt_at, finished, status, error)
+ WHERE d.id = u.id AND d.attempts = u.attempt AND d.state = 'delivering'
+RETURNING d.id;
+
+-- name: heartbeat
+INSERT INTO meta (key, value) VALUES ('heartbeat:' || $1, relay_now()::text)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+
+-- name: claim
+-- Due deliveries of one destination, leased for $3 seconds; none while it is paused. SKIP
+-- LOCKED: processes claiming at once take different deliveries. A delivering one whose lease ran
+-- out is due again (its process died) and is claimed like a pending one.
+WITH due AS (
+    SELECT id, next_attempt_at AS was_due FROM deliveries
+     WHERE destination = $1 AND state IN ('pending', 'delivering')
+       AND next_attempt_at <= relay_now()
+       AND NOT EXISTS (SELECT 1 FROM destination_state s WHERE s.name = $1 AND s.paused)
+     ORDER BY next_attempt_at LIMIT $2
+       FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE deliveries d
+       SET state = 'delivering', attempts = d.attempts + 1,
+           next_attempt_at = relay_now() + $3, updated_at = relay_now()
+      FROM due WHERE d.id = due.id
+    RETURNING d.id, d.event_id, d.destination, d.attempts, d.replay_id, d.created_at, due.was_due
+)
+SELECT c.id, c.event_id, c.destination, c.attempts, c.replay_id IS NOT NULL,
+       e.inbound, e.source, e.type, e.received_at,
+       coalesce(e.payload, r.body), coalesce(e.payload_content_type, r.content_type), e.fired_at,
+       c.created_at, relay_now(), e.id IS NULL
+  FROM claimed c LEFT JOIN events e ON e.id = c.event_id LEFT JOIN requests r ON r.id = e.request_id
+ ORDER BY c.was_due, c.id;
+
+-- name: orphaned
+UPDATE deliveries SET state = 'dead', next_attempt_at = NULL, updated_at = relay_now(),
+       last_error = $2
+ WHERE id = ANY($1::int8[]);
+
+-- name: due_in
+SELECT min(next_attempt_at) - relay_now() FROM deliveries
+ WHERE destination = $1 AND state IN ('pending', 'delivering')
+   AND NOT EXISTS (SELECT 1 FROM destination_state s WHERE s.name = $1 AND s.paused);
+
+-- name: stats
+SELECT state, destination, count(*) FROM deliveries
+ WHERE state IN ('pending', 'delivering', 'paused', 'dead') GROUP BY state, destination;
+
+-- name: oldest_pending
+SELECT created_at FROM deliveries WHERE state = 'pending' AND destination = $1
+ ORDER BY id LIMIT 1;
+
+-- name: event
+SELECT id, request_id, inbound, source, type, received_at, fired_at, list_id, email, parse_error,
+       dedup_key, duplicate_of, seq, payload, payload_content_type
+  FROM events WHERE id = $1;
+
+-- name: request
+SELECT id, inbound, method, path, query, headers, body, content_type, peer, received_at
+  FROM requests WHERE id = $1;
+
+-- name: event_deliveries
+SELECT id, event_id, destination, state, attempts, next_attempt_at, created_at, updated_at,
+       delivered_at, last_status, last_error, replay_id
+  FROM deliveries WHERE event_id = $1 ORDER BY id;
+
+-- name: delivery_attempts
+SELECT delivery_id, number, started_at, duration, outcome, status, error, response_head
+  FROM attempts WHERE delivery_id = ANY($1::int8[]) ORDER BY id;
+
+-- name: paused
+SELECT name FROM destination_state WHERE paused;
+
+-- name: set_paused
+INSERT INTO destination_state (name, paused, updated_at) VALUES ($1, $2, relay_now())
+ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at;
+
+-- name: hold_pending
+-- Only waiting deliveries are held; one in flight finishes its attempt.
+UPDATE deliveries SET state = 'paused', updated_at = relay_now()
+ WHERE destination = $1 AND state = 'pending';
+
+-- name: release_paused
+-- Due now, but in their old order: least() keeps earlier ones first.
+UPDATE deliveries SET state = 'pending', updated_at = relay_now(),
+       next_attempt_at = least(coalesce(next_attempt_at, relay_now()), relay_now())
+ WHERE destination = $1 AND state = 'paused';
+
+-- name: try_lease
+INSERT INTO leases AS l (name, owner, until) VALUES ($1, $2, relay_now() + $3)
+ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until
+ WHERE l.owner = excluded.owner OR l.until < relay_now()
+RETURNING name;
+
+-- name: start_replay
+INSERT INTO replays (requested_by, requested_at, filter, destinations, total, state, spec, owner,
+                     lease_until)
+VALUES ($1, relay_now(), $2, $3, $4, 'running', $5, $6,
+        CASE WHEN $6::text IS NULL THEN NULL ELSE relay_now() + $7 END)
+RETURNING id;
+
+-- name: claim_replay
+UPDATE replays r SET owner = $1, lease_until = relay_now() + $2
+  FROM (SELECT id FROM replays WHERE state = 'running'
+          AND (lease_until IS NULL OR lease_until < relay_now())
+         ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) AS free
+ WHERE r.id = free.id
+RETURNING r.id, r.requested_by, r.requested_at, r.filter, r.destinations, r.total, r.matched,
+          r.created, r.state, r.finished_at, r.spec, r.cursor;
+
+-- name: renew_replay
+UPDATE replays SET lease_until = relay_now() + $3
+ WHERE id = $1 AND owner = $2 AND state = 'running'
+RETURNING id;
+
+-- name: own_replay
+SELECT 1 FROM replays WHERE id = $1 AND owner = $2 AND state = 'running' FOR UPDATE;
+
+-- name: insert_replay_deliveries
+-- An event pruned since the replay read it gets no delivery (KEY SHARE: a prune that locked it
+-- first wins, and it drops out here).
+WITH ev AS (
+    SELECT id FROM events WHERE id = ANY($1::text[]) FOR KEY SHARE
+)
+INSERT INTO deliveries (event_id, destination, state, next_attempt_at, created_at, updated_at,
+                        replay_id)
+SELECT u.e, u.d, u.s, relay_now(), relay_now(), relay_now(), $4
+  FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS u(e, d, s, n)
+  JOIN ev ON ev.id = u.e
+ ORDER BY u.n
+RETURNING id, event_id, destination, state;
+
+-- name: replay_progress
+UPDATE replays SET matched = matched + $2, created = created + $3,
+       cursor = coalesce($4, cursor)
+ WHERE id = $1;
+
+-- name: finish_replay
+UPDATE replays SET state = $2, finished_at = relay_now(), owner = NULL, lease_until = NULL
+ WHERE id = $1;
+
+-- name: release_replay
+UPDATE replays SET owner = NULL, lease_until = NULL WHERE id = $1 AND owner = $2;
+
+-- name: replay
+SELECT id, requested_by, requested_at, filter, destinations, total, matched, created, state,
+       finished_at, spec, cursor
+  FROM replays WHERE id = $1;
+
+-- name: replay_counts
+SELECT destination, count(*) FROM deliveries WHERE replay_id = $1
+ GROUP BY destination ORDER BY destination;
+
+-- name: replay_backlog
+SELECT count(*) FROM deliveries WHERE replay_id = $1 AND destination = $2
+   AND state IN ('pending', 'delivering');
+
+-- name: prune_candidates
+-- Old events in position order, locked so that no delivery can be made for them meanwhile (a
+-- new delivery's foreign-key check needs a lock this one conflicts with); events whose lock is
+-- held (a replay making a delivery for one right now) are skipped this time.
+SELECT id, request_id, dedup_key, seq FROM events
+ WHERE seq > $1 AND seq < $2 AND received_at < $3
+ ORDER BY seq LIMIT $4
+   FOR UPDATE SKIP LOCKED;
+
+-- name: unfinished_of
+SELECT DISTINCT event_id FROM deliveries
+ WHERE event_id = ANY($1::text[]) AND state IN ('pending', 'delivering', 'paused');
+
+-- name: prune_attempts
+DELETE FROM attempts a USING deliveries d
+ WHERE a.delivery_id = d.id AND d.event_id = ANY($1::text[]);
+
+-- name: prune_deliveries
+DELETE FROM deliveries WHERE event_id = ANY($1::text[]);
+
+-- name: prune_dedup
+DELETE FROM dedup WHERE key = ANY($1::text[]) AND event_id = ANY($2::text[]);
+
+-- name: prune_events
+DELETE FROM events WHERE id = ANY($1::text[]);
+
+-- name: prune_requests
+DELETE FROM requests r WHERE r.id = ANY($1::text[])
+   AND NOT EXISTS (SELECT 1 FROM events e WHERE e.request_id = r.id);
+
+-- name: position_before
+-- A position every event received before $1 is below (see relay.store.filters).
+SELECT coalesce((SELECT seq FROM events WHERE received_at >= $1 ORDER BY received_at LIMIT 1),
+                9223372036854775807);
+
+-- name: database_size
+SELECT pg_database_size(current_database());
