@@ -140,7 +140,9 @@ def config_text(
     port: int = 0,
     max_body_bytes: int = 65536,
     server_extra: str = "",
+    storage_url: str | None = None,
 ) -> str:
+    """A relay config; the store is the SQLite file ``db`` unless ``storage_url`` names another."""
     if inbounds is None:
         inbounds = AUDIENCE_INBOUNDS
     return f"""
@@ -151,7 +153,7 @@ shutdown_grace = 2.0
 {server_extra}
 
 [storage]
-url = "sqlite:///{db}"
+url = "{storage_url or f"sqlite:///{db}"}"
 {extra}
 
 [storage.sqlite]
@@ -318,6 +320,8 @@ class Load:
     bodies: tuple[bytes, ...] = ()
     marker: bytes = b"8a25ff1d98"
     path: str = "/hooks/user?secret=s3cret"
+    # Put in front of each unique id: loads that run side by side need different tags.
+    tag: str = "c"
     acked: list[bytes] = field(default_factory=list)
     sent: int = 0
     unanswered: int = 0
@@ -331,7 +335,7 @@ class Load:
                 while not stop.is_set():
                     self.sent += 1
                     template = templates[self.sent % len(templates)]
-                    body = template.replace(self.marker, f"c{n}-{self.sent:08d}".encode())
+                    body = template.replace(self.marker, f"{self.tag}{n}-{self.sent:08d}".encode())
                     try:
                         async with session.post(
                             f"http://127.0.0.1:{self.port}{self.path}",

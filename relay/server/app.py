@@ -54,6 +54,8 @@ class Relay:
     async def ready(self) -> tuple[bool, str]:
         if not self.dispatcher.running:
             return False, "delivery workers are not running"
+        if (trouble := self.store.trouble()) is not None:
+            return False, f"storage is not writable: {trouble}"
         if time.monotonic() - self._last_write_ok > READY_FRESHNESS:
             try:
                 # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that arrives

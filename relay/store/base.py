@@ -169,6 +169,11 @@ class DeliveryQueue(abc.ABC):
     async def ping(self) -> None:
         """Prove storage is writable now, with room for new rows; raise StoreError otherwise."""
 
+    def trouble(self) -> str | None:
+        """Why storage is known not to take writes right now, without asking it; None if not
+        known (``ping`` is what proves it writable)."""
+        return None
+
 
 class Archive(abc.ABC):
     """Operator control: reads for the admin API, replays, pause and resume, pruning.

@@ -90,6 +90,11 @@ class Listener:
                 log.warning("PostgreSQL listener connection closed; reconnecting")
             except CONNECTION_ERRORS as exc:
                 log.warning("PostgreSQL listener lost: %s; reconnecting", store_error(exc))
+            except Exception:
+                # Signals are a shortcut (every waiter polls too): a surprise here must not stop
+                # relay, only this connection.
+                log.exception("PostgreSQL listener failed; reconnecting")
+                await asyncio.sleep(delay)
             finally:
                 self.connected.clear()
                 conn.terminate()

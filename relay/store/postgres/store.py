@@ -41,7 +41,7 @@ from relay.store.postgres.connect import (
 )
 from relay.store.postgres.listener import Listener
 from relay.store.postgres.migrate import migrate
-from relay.store.postgres.writer import CHANNEL, CompleteOp, IngestOp, PingOp, Q, Writer
+from relay.store.postgres.writer import CHANNEL, FULL, CompleteOp, IngestOp, PingOp, Q, Writer
 from relay.store.rows import attempt_record, delivery_record, event_record, request_record
 from relay.store.rules import ORPHANED
 
@@ -77,7 +77,9 @@ class PostgresStore(PostgresArchive, Store):
         kwargs = connect_kwargs(self.config, "pool")
         try:
             self._pool = await asyncpg.create_pool(
-                min_size=1,
+                # No floor to keep: while the server is down asyncpg would log a traceback for
+                # every failed attempt to restore it. Connections are made on demand.
+                min_size=0,
                 max_size=self.config.postgresql.pool_size,
                 # Idle connections go soon, so a failover or restart is not met by stale ones.
                 max_inactive_connection_lifetime=60.0,
@@ -204,6 +206,11 @@ class PostgresStore(PostgresArchive, Store):
 
     async def ping(self) -> None:
         await self._writer.submit(PingOp(self.owner))
+
+    def trouble(self) -> str | None:
+        if self._writer.down_reason is not None:
+            return f"PostgreSQL unavailable: {self._writer.down_reason}"
+        return FULL if self._writer.full else None
 
     # -- reads ---------------------------------------------------------------------------------
 
