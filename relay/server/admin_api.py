@@ -15,20 +15,21 @@ import orjson
 from aiohttp import web
 
 from relay.config import Settings, redact_url
-from relay.model import DeliveryState, ReplayState
+from relay.model import DeliveryState, ReplayState, iso_utc
 from relay.pipeline.payload import parsed_view
 from relay.server.admin_json import (
     BadRequestError,
+    check_keys,
     delivery_json,
     event_json,
     filter_json,
     listing_json,
+    parse_body,
     parse_filter,
     parse_flag,
     parse_id,
     parse_limit,
     parse_names,
-    parse_object,
     replay_json,
     request_json,
 )
@@ -137,11 +138,7 @@ class Admin:
         return json_response(out)
 
     async def replay_event(self, request: web.Request) -> web.Response:
-        body = parse_object(await request.read())
-        # A misspelt key must not turn "to these destinations" into "to every destination".
-        unknown = set(body) - {"destinations", "dry_run"}
-        if unknown:
-            raise BadRequestError(f"unknown key {sorted(unknown)[0]!r}")
+        body = parse_body(await request.read(), {"destinations", "dry_run"})
         dry_run = parse_flag(body, "dry_run")
         outcome = await self.control.replay_event(
             request.match_info["id"],
@@ -164,10 +161,7 @@ class Admin:
         )
 
     async def replay(self, request: web.Request) -> web.Response:
-        body = parse_object(await request.read())
-        unknown = set(body) - {"filter", "destinations", "dry_run"}
-        if unknown:
-            raise BadRequestError(f"unknown key {sorted(unknown)[0]!r}")
+        body = parse_body(await request.read(), {"filter", "destinations", "dry_run"})
         raw_filter = body.get("filter", {})
         if not isinstance(raw_filter, dict):
             raise BadRequestError("filter: expected a JSON object")
@@ -195,9 +189,7 @@ class Admin:
 
     async def list_deliveries(self, request: web.Request) -> web.Response:
         query = request.query
-        unknown = set(query) - {"state", "destination", "limit", "cursor"}
-        if unknown:
-            raise BadRequestError(f"unknown parameter {sorted(unknown)[0]!r}")
+        check_keys(query, {"state", "destination", "limit", "cursor"}, "parameter")
         state = parse_filter({"state": query.get("state")}).state
         cursor = query.get("cursor") or None
         after = parse_id(cursor) if cursor is not None else None
@@ -237,25 +229,41 @@ class Admin:
         return json_response({"destinations": out})
 
     async def pause(self, request: web.Request) -> web.Response:
+        parse_body(await request.read(), ())
         name = request.match_info["name"]
         held = await self.control.pause(name)
         return json_response({"destination": name, "paused": True, "held": held})
 
     async def resume(self, request: web.Request) -> web.Response:
+        parse_body(await request.read(), ())
         name = request.match_info["name"]
         released = await self.control.resume(name)
         return json_response({"destination": name, "paused": False, "released": released})
 
     async def prune(self, request: web.Request) -> web.Response:
-        body = parse_object(await request.read())
+        body = parse_body(await request.read(), {"older_than_days", "dry_run"})
         days = body.get("older_than_days")
         if isinstance(days, bool) or not isinstance(days, int | float) or not 0 <= days <= 36500:
             raise BadRequestError("older_than_days: expected a number of days from 0 to 36500")
+        if parse_flag(body, "dry_run"):
+            older_than = days * 86400.0
+            # Ages are measured on the store's clock, as the prune measures them.
+            cutoff = await self.store.now() - older_than
+            matched = await self.store.count_prunable(older_than)
+            return json_response(
+                {
+                    "matched": matched,
+                    "older_than_days": days,
+                    "cutoff": iso_utc(cutoff),
+                    "dry_run": True,
+                }
+            )
         result = await self.control.prune(float(days))
         return json_response(
             {
                 "deleted_events": result.deleted_events,
                 "deleted_requests": result.deleted_requests,
+                "dry_run": False,
             }
         )
 

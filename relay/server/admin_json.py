@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -148,6 +148,25 @@ def parse_object(body: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise BadRequestError("body must be a JSON object")
     return value
+
+
+def parse_body(body: bytes, known: Collection[str]) -> dict[str, Any]:
+    """A request body as a JSON object holding only ``known`` keys (an empty body is ``{}``)."""
+    value = parse_object(body)
+    check_keys(value, known)
+    return value
+
+
+def check_keys(given: Collection[str], known: Collection[str], what: str = "key") -> None:
+    """Refuse a key the handler does not read, before anything is done.
+
+    Ignoring it is how a misspelt ``dry_run`` deleted everything, or a misspelt ``destinations``
+    turned "to these destinations" into "to every destination".
+    """
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        accepted = f"known: {', '.join(sorted(known))}" if known else "none are accepted here"
+        raise BadRequestError(f"unknown {what} {unknown[0]!r} ({accepted})")
 
 
 def parse_names(value: Any, key: str = "destinations") -> tuple[str, ...]:

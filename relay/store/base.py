@@ -294,6 +294,11 @@ class Archive(abc.ABC):
         holds it unexpired; renewing one's own lease succeeds."""
 
     @abc.abstractmethod
+    async def count_prunable(self, older_than: float) -> int:
+        """How many events ``prune(older_than)`` would delete now (its dry run); deletes
+        nothing."""
+
+    @abc.abstractmethod
     async def prune(self, older_than: float, batch: int = 500) -> PruneResult:
         """Delete events received more than ``older_than`` seconds ago whose deliveries are all
         finished, in transactions of ``batch`` events.

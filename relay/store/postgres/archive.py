@@ -221,10 +221,19 @@ class PostgresArchive:
     async def try_lease(self, name: str, owner: str, seconds: float) -> bool:
         return bool(await self._fetch(Q["try_lease"], name, owner, seconds))
 
-    async def prune(self, older_than: float, batch: int = 500) -> PruneResult:
+    async def count_prunable(self, older_than: float) -> int:
+        below, cutoff = await self._prune_bounds(older_than)
+        rows = await self._fetch(Q["count_prunable"], below, cutoff)
+        return int(rows[0][0])
+
+    async def _prune_bounds(self, older_than: float) -> tuple[int, float]:
+        """The position every prunable event is below, and the receive time it is before."""
         cutoff = await self.now() - older_than
         rows = await self._fetch(Q["position_before"], cutoff + RECEIVE_SLACK)
-        below = int(rows[0][0])
+        return int(rows[0][0]), cutoff
+
+    async def prune(self, older_than: float, batch: int = 500) -> PruneResult:
+        below, cutoff = await self._prune_bounds(older_than)
         after = 0
         events = requests = 0
         while True:

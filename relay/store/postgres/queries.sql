@@ -237,6 +237,13 @@ SELECT id, request_id, dedup_key, seq FROM events
  ORDER BY seq LIMIT $4
    FOR UPDATE SKIP LOCKED;
 
+-- name: count_prunable
+-- prune's dry run: prune_candidates' conditions, less the events unfinished_of keeps.
+SELECT count(*) FROM events e
+ WHERE e.seq < $1 AND e.received_at < $2
+   AND NOT EXISTS (SELECT 1 FROM deliveries d
+                    WHERE d.event_id = e.id AND d.state IN ('pending', 'delivering', 'paused'));
+
 -- name: unfinished_of
 SELECT DISTINCT event_id FROM deliveries
  WHERE event_id = ANY($1::text[]) AND state IN ('pending', 'delivering', 'paused');

@@ -321,6 +321,13 @@ class SqliteAdminMixin:
         held: bool = await self.call(take)
         return held
 
+    async def count_prunable(self, older_than: float) -> int:
+        rows = await self._read(
+            f"SELECT count(*) FROM events e WHERE {_PRUNABLE}",
+            _prunable_params(clock() - older_than),
+        )
+        return int(rows[0][0])
+
     async def prune(self, older_than: float, batch: int = 500) -> PruneResult:
         cutoff = clock() - older_than
         after = ""
@@ -334,6 +341,18 @@ class SqliteAdminMixin:
             after = last
 
 
+# What prune deletes, and what its dry run (count_prunable) counts: one condition for both, so
+# the count is what a prune at the same cutoff takes. Parameters: _prunable_params(cutoff).
+_PRUNABLE = (
+    "e.id < ? AND e.received_at < ? AND NOT EXISTS (SELECT 1 FROM deliveries d"
+    f" WHERE d.event_id = e.id AND d.state IN {UNFINISHED})"
+)
+
+
+def _prunable_params(cutoff: float) -> list[Any]:
+    return [id_bound(cutoff + RECEIVE_SLACK), cutoff]
+
+
 def _prune_batch(
     cutoff: float, after: str, batch: int
 ) -> Callable[[sqlite3.Connection], tuple[int, int, str | None]]:
@@ -341,11 +360,9 @@ def _prune_batch(
         # Checked inside the deleting transaction, so a delivery created meanwhile (a replay)
         # keeps its event.
         rows = conn.execute(
-            "SELECT e.id, e.request_id FROM events e"
-            " WHERE e.id > ? AND e.id < ? AND e.received_at < ? AND NOT EXISTS"
-            " (SELECT 1 FROM deliveries d WHERE d.event_id = e.id"
-            f" AND d.state IN {UNFINISHED}) ORDER BY e.id LIMIT ?",
-            (after, id_bound(cutoff + RECEIVE_SLACK), cutoff, batch),
+            f"SELECT e.id, e.request_id FROM events e WHERE e.id > ? AND {_PRUNABLE}"
+            " ORDER BY e.id LIMIT ?",
+            [after, *_prunable_params(cutoff), batch],
         ).fetchall()
         if not rows:
             return 0, 0, None
