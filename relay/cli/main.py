@@ -17,7 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 from relay import __version__
-from relay.cli.admin import add_admin_commands
+from relay.cli.admin_parser import add_admin_commands
 from relay.config import ConfigError, Settings, load_config
 from relay.config.checks import parse_listen
 from relay.obs.logs import flush_logs, setup_logging

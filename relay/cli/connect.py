@@ -1,0 +1,104 @@
+"""How the operator commands reach a running relay: its address, the admin token, who asks,
+and the wrapper that turns failures into one line and an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+import tomllib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from relay.cli.client import AdminClient, AdminError
+from relay.config.checks import parse_listen
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+DEFAULT_URL = "http://127.0.0.1:8080"
+TOKEN_ENV = "RELAY_ADMIN_TOKEN"
+
+Command = Callable[[AdminClient, argparse.Namespace], Awaitable[int]]
+
+
+class UsageError(Exception):
+    """The command line cannot work as given; exit 2 with this line."""
+
+
+def admin_url(args: argparse.Namespace) -> str:
+    if args.url:
+        return str(args.url)
+    if args.config:
+        # Only the listen address is needed: no ${VAR} expansion, so secrets need not be set.
+        try:
+            raw = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise UsageError(f"cannot read {args.config}: {exc}") from None
+        server = raw.get("server", {})
+        if not isinstance(server, dict):
+            raise UsageError(f"{args.config}: server must be a table")
+        listen = str(server.get("listen", "127.0.0.1:8080"))
+        parsed = parse_listen(listen)
+        if parsed is None:
+            raise UsageError(f"{args.config}: server.listen must be host:port, not {listen!r}")
+        host, port = parsed
+        if host in ("0.0.0.0", "::"):  # listening everywhere: talk to it on this machine
+            host = "127.0.0.1"
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return DEFAULT_URL
+
+
+def admin_token(args: argparse.Namespace) -> str:
+    if args.token_file:
+        try:
+            return Path(args.token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read token file {args.token_file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"token file {args.token_file} is not UTF-8 text") from None
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        raise UsageError(f"no admin token: set {TOKEN_ENV} or pass --token-file")
+    return token
+
+
+def operator_name(args: argparse.Namespace) -> str:
+    if args.operator:
+        return str(args.operator)
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def run(command: Command) -> Callable[[argparse.Namespace], int]:
+    """Wrap an async command: build the client, run it, turn failures into one line."""
+
+    def main(args: argparse.Namespace) -> int:
+        try:
+            url, token = admin_url(args), admin_token(args)
+        except UsageError as exc:
+            print(f"relay: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+
+        async def go() -> int:
+            async with AdminClient(url, token, operator_name(args)) as client:
+                return await command(client, args)
+
+        try:
+            return asyncio.run(go())
+        except AdminError as exc:
+            print(f"relay: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        except UsageError as exc:
+            print(f"relay: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            print("relay: interrupted", file=sys.stderr)
+            return EXIT_FAILURE
+
+    return main
