@@ -217,3 +217,83 @@ async def test_errors_are_one_line_and_exit_non_zero(running: Running) -> None:
     results = (refused, bad, missing, unknown, no_token, no_filter, sideways, dots)
     for result in (*results, unresolvable, odd, undecodable):
         assert "Traceback" not in result.err
+
+
+async def _cli_on_terminal(answer: str, *args: str, url: str) -> Result:
+    """Run the CLI with a real terminal (a pty) as stdin, typing ``answer`` at its question."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    env = {**os.environ, "RELAY_ADMIN_TOKEN": ADMIN_TOKEN}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "relay", *args, "--url", url,
+            stdin=terminal, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )  # fmt: skip
+        os.write(controller, answer.encode() + b"\n")
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(errors="replace"), err.decode(), out)
+
+
+def _stored_events(running: Running) -> int:
+    import sqlite3
+
+    with sqlite3.connect(running.config.parent / "relay.db") as conn:
+        return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+
+
+async def test_prune_needs_force_for_zero_days_asks_first_and_has_a_dry_run(
+    running: Running, sink: Sink
+) -> None:
+    await running.post(*(subscribe_body(f"p{i}@example.com") for i in range(3)))
+    await wait_until(lambda: len(sink.at("/crm")) == 3, what="the live deliveries")
+
+    async def finished() -> bool:
+        listed = await cli("deliveries", "list", "--state", "delivered", "--json", url=running.url)
+        return len(orjson.loads(listed.out)["deliveries"]) == 3
+
+    await wait_until(finished, what="the deliveries to be recorded")
+    url = running.url
+
+    zero = await cli("prune", "--older-than", "0", url=url)
+    assert (zero.code, zero.err) == (
+        2,
+        "relay: --older-than 0 deletes every finished event up to now; add --force to mean it\n",
+    )
+    negative = await cli("prune", "--older-than", "-1", "--force", url=url)
+    assert negative.code == 2 and negative.err.count("\n") == 1
+
+    dry = await cli("prune", "--older-than", "0", "--force", "--dry-run", url=url)
+    assert dry.code == 0, dry.err
+    assert dry.out.startswith("dry run: 3 events received before ")
+    assert "would be deleted" in dry.out
+    as_json = orjson.loads(
+        (await cli("prune", "--older-than", "0", "--force", "--dry-run", "--json", url=url)).out
+    )
+    assert (as_json["matched"], as_json["dry_run"]) == (3, True)
+
+    # No terminal to ask on: refused without --yes, nothing deleted.
+    refused = await cli("prune", "--older-than", "0", "--force", url=url)
+    assert refused.code == 2
+    assert refused.err.startswith("relay: refusing to delete 3 events received before ")
+    assert refused.err.endswith(" without --yes (stdin is not a terminal)\n")
+
+    # On a terminal it asks; "n" keeps everything.
+    declined = await _cli_on_terminal("n", "prune", "--older-than", "0", "--force", url=url)
+    assert declined.code == 2
+    assert declined.out.startswith("Delete 3 events received before ")
+    assert declined.err == "relay: delete cancelled\n"
+    assert _stored_events(running) == 3
+
+    accepted = await _cli_on_terminal("y", "prune", "--older-than", "0", "--force", url=url)
+    assert accepted.code == 0, accepted.err
+    assert accepted.out.rstrip().endswith("deleted 3 events and 3 requests older than 0 days")
+    assert _stored_events(running) == 0
+
+    again = await cli("prune", "--older-than", "0", "--force", "--yes", url=url)
+    assert again.out == "deleted 0 events and 0 requests older than 0 days\n"

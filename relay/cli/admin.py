@@ -81,8 +81,13 @@ async def replay(client: AdminClient, args: argparse.Namespace) -> int:
     if args.dry_run:
         _emit(args, preview, out.replay_summary(preview))
         return EXIT_OK
-    if preview["matched"] > CONFIRM_ABOVE and not args.yes and not _confirm(preview):
-        return EXIT_USAGE
+    if preview["matched"] > CONFIRM_ABOVE and not args.yes:
+        summary = (
+            f"{preview['matched']} events, {preview['deliveries']} deliveries"
+            f" ({out.per_destination(preview.get('per_destination'))})"
+        )
+        if not _confirm("replay", summary):
+            return EXIT_USAGE
     status, answer = await client.post("/admin/replay", body)
     if status == 202:
         answer = await _follow(client, answer["replay_id"], quiet=args.json)
@@ -90,20 +95,17 @@ async def replay(client: AdminClient, args: argparse.Namespace) -> int:
     return EXIT_OK if answer["state"] == "done" else EXIT_FAILURE
 
 
-def _confirm(preview: dict[str, Any]) -> bool:
-    summary = (
-        f"{preview['matched']} events, {preview['deliveries']} deliveries"
-        f" ({out.per_destination(preview.get('per_destination'))})"
-    )
+def _confirm(verb: str, what: str) -> bool:
+    """Ask on a terminal before a big or irreversible step; refuse when nobody can answer."""
     if not sys.stdin.isatty():
         print(
-            f"relay: refusing to replay {summary} without --yes (stdin is not a terminal)",
+            f"relay: refusing to {verb} {what} without --yes (stdin is not a terminal)",
             file=sys.stderr,
         )
         return False
-    answer = input(f"Replay {summary}? [y/N] ").strip().lower()
+    answer = input(f"{verb.capitalize()} {what}? [y/N] ").strip().lower()
     if answer not in ("y", "yes"):
-        print("relay: replay cancelled", file=sys.stderr)
+        print(f"relay: {verb} cancelled", file=sys.stderr)
         return False
     return True
 
@@ -154,10 +156,28 @@ async def destinations_resume(client: AdminClient, args: argparse.Namespace) -> 
 
 
 async def prune(client: AdminClient, args: argparse.Namespace) -> int:
-    _, answer = await client.post("/admin/prune", {"older_than_days": args.older_than})
+    days = args.older_than
+    if days < 0:
+        raise UsageError("--older-than: expected a number of days, 0 or more")
+    if days == 0 and not args.force:
+        raise UsageError(
+            "--older-than 0 deletes every finished event up to now; add --force to mean it"
+        )
+    body = {"older_than_days": days}
+    _, preview = await client.post("/admin/prune", {**body, "dry_run": True})
+    if args.dry_run:
+        _emit(args, preview, out.prune_preview(preview))
+        return EXIT_OK
+    # Deleting is not undone: ask unless told not to, as a large replay does. Nothing to
+    # delete needs no question (and keeps a scheduled prune with nothing to do quiet).
+    if preview["matched"] and not args.yes:
+        what = f"{preview['matched']} events received before {preview['cutoff']}"
+        if not _confirm("delete", what):
+            return EXIT_USAGE
+    _, answer = await client.post("/admin/prune", body)
     text = (
         f"deleted {answer['deleted_events']} events and {answer['deleted_requests']} requests"
-        f" older than {args.older_than:g} days"
+        f" older than {days:g} days"
     )
     _emit(args, answer, text)
     return EXIT_OK

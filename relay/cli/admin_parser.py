@@ -121,7 +121,24 @@ def add_admin_commands(sub: Any) -> None:
         _common(p)
         p.set_defaults(func=run(func))
 
-    pr = sub.add_parser("prune", help="delete old events whose deliveries are all finished")
-    pr.add_argument("--older-than", type=float, required=True, metavar="DAYS", help="age in days")
+    pr = sub.add_parser(
+        "prune",
+        help="delete old events whose deliveries are all finished",
+        description="Delete events received more than DAYS days ago whose deliveries have all"
+        " finished (delivered or dead), with their deliveries, attempts and requests. Asks"
+        " first on a terminal; when stdin is not a terminal it refuses unless --yes is given.",
+    )
+    pr.add_argument(
+        "--older-than",
+        type=float,
+        required=True,
+        metavar="DAYS",
+        help="age in days (0 needs --force)",
+    )
+    pr.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
+    pr.add_argument("--yes", action="store_true", help="do not ask before deleting")
+    pr.add_argument(
+        "--force", action="store_true", help="allow --older-than 0 (every finished event)"
+    )
     _common(pr)
     pr.set_defaults(func=run(prune))

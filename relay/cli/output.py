@@ -143,3 +143,11 @@ def progress(replay: dict[str, Any], width: int = 30) -> str:
         f"replay {replay['id']} [{bar.ljust(width)}] {done}/{total} events,"
         f" {replay['created']} deliveries"
     )
+
+
+def prune_preview(answer: dict[str, Any]) -> str:
+    return (
+        f"dry run: {answer['matched']} events received before {answer['cutoff']} (older than"
+        f" {answer['older_than_days']:g} days) would be deleted, with their deliveries and"
+        " attempts; events with a delivery still pending, delivering or paused are kept"
+    )
