@@ -260,6 +260,13 @@ def test_dashboard_has_a_panel_for_each_operational_question() -> None:
     } <= titles
 
 
+def test_ingest_errors_panel_leaves_out_mailchimps_url_checks() -> None:
+    # An empty POST (outcome "validation") is Mailchimp checking the URL, answered 200.
+    (panel,) = [p for p in _dashboard_panels() if p["title"] == "Ingest errors (not accepted)"]
+    (expr,) = [target["expr"] for target in panel["targets"]]
+    assert 'outcome!~"accepted|validation"' in expr
+
+
 def test_dashboard_panel_ids_are_unique_and_panels_do_not_overlap() -> None:
     panels = _dashboard_panels()
     ids = [panel["id"] for panel in panels]

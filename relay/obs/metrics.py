@@ -7,9 +7,12 @@ known Mailchimp set (anything else is counted as "other"), never an email, id or
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.metrics_core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
@@ -34,13 +37,29 @@ _MANDRILL_SYNC_TYPES = frozenset(
     for action in ("add", "remove", "change")
 )
 KNOWN_TYPES = AUDIENCE_TYPES | _MANDRILL_MESSAGE_TYPES | _MANDRILL_SYNC_TYPES | {UNKNOWN_TYPE}
+# Every outcome ingest counts in relay_requests_received_total. Each exists at 0 from the start
+# for every inbound: `increase(...[15m]) > 0` cannot see the first increment of a series that
+# did not exist before it, so an alert would miss the first burst after a restart.
+REQUEST_OUTCOMES = (
+    "accepted",
+    "validation",
+    "rejected_auth",
+    "too_large",
+    "read_timeout",
+    "unsupported",
+    "store_error",
+)
 
 
 class Metrics:
     """Every collector relay exports, registered on the given (or a new) registry."""
 
     def __init__(
-        self, registry: CollectorRegistry | None = None, journey_types: frozenset[str] = frozenset()
+        self,
+        registry: CollectorRegistry | None = None,
+        journey_types: frozenset[str] = frozenset(),
+        inbounds: Sequence[str] = (),
+        destinations: Sequence[str] = (),
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
@@ -115,7 +134,8 @@ class Metrics:
         )
         self.deliveries = Gauge(
             "relay_deliveries",
-            "Unfinished deliveries by destination and state (pending, delivering, paused, dead).",
+            "Deliveries not delivered, by destination and state: waiting or in flight (pending,"
+            " delivering, paused) or given up (dead).",
             ["destination", "state"],
             registry=r,
         )
@@ -146,6 +166,26 @@ class Metrics:
             registry=r,
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
+        self._create_known_series(inbounds, destinations)
+
+    def _create_known_series(self, inbounds: Sequence[str], destinations: Sequence[str]) -> None:
+        """Every label combination the config makes known, at 0, before anything is counted."""
+        for inbound in inbounds:
+            for outcome in REQUEST_OUTCOMES:
+                self.requests.labels(inbound, outcome)
+            self.duplicates.labels(inbound)
+        for destination in destinations:
+            self.dead.labels(destination)
+            self.replayed.labels(destination)
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus' text format, without the ``*_created`` series.
+
+        ``*_created`` (a Unix time per counter and histogram series) roughly doubles a scrape
+        and nothing of relay's reads it. prometheus-client's own switch for it
+        (``disable_created_metrics``) is process-global; filtering here keeps it per registry.
+        """
+        return generate_latest(_WithoutCreated(self.registry))
 
     def type_label(self, event_type: str) -> str:
         return event_type if event_type in self._types else "other"
@@ -174,3 +214,17 @@ class Metrics:
                 self.deliveries.labels(name, state).set(getattr(s, state))
             age = now - s.oldest_pending_at if s.oldest_pending_at is not None else 0.0
             self.oldest_pending.labels(name).set(max(0.0, age))
+
+
+class _WithoutCreated:
+    """A registry as a collector that leaves out the ``*_created`` samples."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._registry.collect():
+            created = metric.name + "_created"
+            # collect() builds new Metric objects on every call, so trimming them is safe.
+            metric.samples = [s for s in metric.samples if s.name != created]
+            yield metric

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from relay.config import Settings
 from relay.delivery.sender import Sender
@@ -101,7 +101,12 @@ def create_app(
         middlewares=[admin_middleware(settings.admin.token)],
     )
     journey_types = frozenset(i.event_type for i in settings.inbounds if i.event_type)
-    metrics = Metrics(registry, journey_types=journey_types)
+    metrics = Metrics(
+        registry,
+        journey_types=journey_types,
+        inbounds=[i.name for i in settings.inbounds],
+        destinations=[d.name for d in settings.destinations],
+    )
     the_store = (
         store if store is not None else create_store(settings.storage, settings.dedup_window)
     )
@@ -175,5 +180,5 @@ async def _metrics(request: web.Request) -> web.Response:
     relay = request.app[RELAY_KEY]
     with contextlib.suppress(StoreError):
         await relay.refresh_stats()
-    body = generate_latest(relay.metrics.registry)
+    body = relay.metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
