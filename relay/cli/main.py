@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from aiohttp import web
 
 from relay import __version__
 from relay.cli.admin_parser import add_admin_commands
+from relay.cli.store_lock import StoreLockError, acquire_store_lock
 from relay.config import ConfigError, Settings, load_config
 from relay.config.checks import parse_listen
 from relay.obs.logs import flush_logs, setup_logging
@@ -57,7 +59,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _load_or_report(args.config)
     if settings is None:
         return EXIT_CONFIG
+    # From here on every line, a fatal one included, is in the configured log format.
     setup_logging(settings.server.log_format)
+    try:
+        lock = acquire_store_lock(settings.storage)
+    except StoreLockError as exc:
+        return _fatal(str(exc))
     try:
         import uvloop  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
@@ -68,6 +75,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return int(runner(_serve(settings)))
     except KeyboardInterrupt:
         return EXIT_OK
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _fatal(message: str) -> int:
+    """Log why relay cannot start, as one line in the configured format, and fail."""
+    log.critical("%s", message)
+    flush_logs()
+    return EXIT_FAILURE
 
 
 async def _serve(settings: Settings) -> int:
@@ -84,19 +101,20 @@ async def _serve(settings: Settings) -> int:
     try:
         await runner.setup()
     except StoreError as exc:
-        print(f"relay: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return _fatal(f"cannot start: {exc}")
     site = web.TCPSite(runner, settings.server.host, settings.server.port, backlog=1024)
     try:
         await site.start()
     except OSError as exc:
-        print(
-            f"relay: cannot listen on {settings.server.host}:{settings.server.port}: "
-            f"{exc.strerror or exc}",
-            file=sys.stderr,
-        )
+        address = f"{settings.server.host}:{settings.server.port}"
+        # asyncio's strerror repeats the address; the errno's own text is the reason.
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        code = _fatal(f"cannot listen on {address}: {reason}")
         await runner.cleanup()
-        return EXIT_FAILURE
+        flush_logs()
+        return code
+    # Only now, with the port bound, has relay started.
+    log.info("relay started: %s", settings.summary())
     print(
         f"relay {__version__} listening on http://{settings.server.host}:{settings.server.port}"
         f" ({settings.summary()})",
@@ -153,7 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"relay {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    serve = sub.add_parser("serve", help="run the proxy until SIGTERM or SIGINT")
+    serve = sub.add_parser(
+        "serve",
+        help="run the proxy until SIGTERM or SIGINT",
+        description="Run the proxy until SIGTERM or SIGINT (Ctrl-C), then shut down gracefully."
+        " One relay serve per SQLite file: a second one on the same file exits with status 1.",
+    )
     serve.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
     serve.set_defaults(func=cmd_serve)
 

@@ -134,7 +134,6 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(_flush_loop(), name="relay-log-flush"),
     ]
     await relay.control.start()
-    log.info("relay started: %s", relay.settings.summary())
     try:
         yield
     finally:
