@@ -297,3 +297,100 @@ async def test_prune_needs_force_for_zero_days_asks_first_and_has_a_dry_run(
 
     again = await cli("prune", "--older-than", "0", "--force", "--yes", url=url)
     assert again.out == "deleted 0 events and 0 requests older than 0 days\n"
+
+
+async def test_a_closed_pipe_ends_the_listing_quietly(running: Running) -> None:
+    await running.post(*(subscribe_body(f"pipe{i}@example.com") for i in range(5)))
+    # Like `relay events list | head -1` once head has gone: the pipe's reader is closed.
+    reader, writer = os.pipe()
+    os.close(reader)
+    env = {**os.environ, "RELAY_ADMIN_TOKEN": ADMIN_TOKEN}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "relay", "events", "list", "--url", running.url,
+            stdin=asyncio.subprocess.DEVNULL, stdout=writer, stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )  # fmt: skip
+    finally:
+        os.close(writer)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert (proc.returncode, err.decode()) == (141, "")
+
+
+async def test_usage_problems_exit_2_with_one_line(running: Running) -> None:
+    host_port = running.url.removeprefix("http://")
+    no_scheme = await cli("events", "list", url=host_port)
+    assert (no_scheme.code, no_scheme.err) == (
+        2,
+        f"relay: --url needs a scheme: http://{host_port}, not {host_port!r}\n",
+    )
+    ftp = await cli("events", "list", url="ftp://" + host_port)
+    assert ftp.code == 2 and ftp.err.startswith("relay: --url must be http://HOST:PORT")
+
+    for args, line in (
+        (("--state", "bogus"), "relay: --state: 'bogus' is not one of pending,"),
+        (("--limit", "0"), "relay: --limit: expected a whole number from 1 to 1000"),
+        (("--since", "yesterday"), "relay: --since: 'yesterday' is not an ISO-8601 time"),
+    ):
+        result = await cli("events", "list", *args, url=running.url)
+        assert result.code == 2, (args, result)
+        assert result.err.startswith(line) and result.err.count("\n") == 1, result.err
+    bad_state = await cli("deliveries", "list", "--state", "lost", url=running.url)
+    assert bad_state.code == 2 and bad_state.err.startswith("relay: --state: 'lost'")
+
+
+async def test_the_next_page_hint_goes_to_stderr(running: Running) -> None:
+    await running.post(*(subscribe_body(f"page{i}@example.com") for i in range(3)))
+    as_json = await cli("events", "list", "--limit", "2", "--json", url=running.url)
+    cursor = orjson.loads(as_json.out)["next_cursor"]
+    assert as_json.err == "" and cursor
+    page = await cli("events", "list", "--limit", "2", url=running.url)
+    assert page.code == 0
+    header, *rows = page.out.splitlines()
+    assert header.startswith("ID") and len(rows) == 2
+    assert page.err == f"more: add --cursor {cursor}\n"
+
+
+async def test_events_show_has_request_headers_attempts_under_their_own_headers_and_responses(
+    running: Running, sink: Sink
+) -> None:
+    sink.on("/crm", 500, 200)
+    await running.post(subscribe_body("shown\x1b[31m@example.com"))
+    await wait_until(lambda: len(sink.at("/crm")) == 2, what="a failed and a good attempt")
+    listed = orjson.loads((await cli("events", "list", "--json", url=running.url)).out)
+    event_id = listed["events"][0]["id"]
+
+    async def recorded() -> bool:
+        shown = orjson.loads((await cli("events", "show", event_id, "--json", url=running.url)).out)
+        return [d["state"] for d in shown["deliveries"]] == ["delivered"]
+
+    await wait_until(recorded, what="the second attempt to be recorded")
+    shown = await cli("events", "show", event_id, url=running.url)
+    assert shown.code == 0, shown.err
+    lines = shown.out.splitlines()
+    # A terminal escape from the webhook is shown, not sent to the terminal.
+    assert "\x1b" not in shown.out and "shown\\x1b[31m@example.com" in shown.out
+
+    at = lines.index("request headers:")
+    assert "  Content-Type: application/x-www-form-urlencoded" in lines[at:]
+
+    deliveries = lines.index("deliveries:")
+    assert lines[deliveries + 1].split() == [
+        "DELIVERY", "DESTINATION", "STATE", "TRIES", "STATUS", "REPLAY", "NEXT", "ERROR",
+    ]  # fmt: skip
+    assert lines[deliveries + 2].split()[1:5] == ["crm", "delivered", "2", "200"]
+    attempts = next(i for i, line in enumerate(lines) if line.startswith("attempts of delivery"))
+    assert lines[attempts].endswith("(crm):")
+    assert lines[attempts + 1].split() == [
+        "ATTEMPT", "STARTED", "OUTCOME", "STATUS", "DURATION", "ERROR",
+    ]  # fmt: skip
+    assert [line.split()[2:4] for line in lines[attempts + 2 : attempts + 4]] == [
+        ["5xx", "500"],
+        ["2xx", "200"],
+    ]
+    assert lines[attempts + 4 :] == [
+        "  response to attempt 1:",
+        "    sink says hi",
+        "  response to attempt 2:",
+        "    sink says hi",
+    ]

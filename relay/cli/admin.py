@@ -22,8 +22,11 @@ CONFIRM_ABOVE = 100
 POLL_INTERVAL = 0.5
 
 
-def _emit(args: argparse.Namespace, answer: Any, text: str) -> None:
+def _emit(args: argparse.Namespace, answer: Any, text: str, hint: str | None = None) -> None:
     print(out.as_json(answer) if args.json else text)
+    if hint and not args.json:
+        # On standard error, as kubectl and gh do: `| wc -l` and `| cut` see only the table.
+        print(hint, file=sys.stderr)
 
 
 _FILTERS = ("inbound", "type", "source", "list", "email", "state", "destination", "since", "until")
@@ -39,7 +42,7 @@ async def events_list(client: AdminClient, args: argparse.Namespace) -> int:
     if args.cursor:
         params["cursor"] = args.cursor
     _, answer = await client.get("/admin/events", params)
-    _emit(args, answer, out.events_table(answer))
+    _emit(args, answer, out.events_table(answer), out.more_hint(answer))
     return EXIT_OK
 
 
@@ -133,7 +136,7 @@ async def deliveries_list(client: AdminClient, args: argparse.Namespace) -> int:
         if getattr(args, key):
             params[key] = getattr(args, key)
     _, answer = await client.get("/admin/deliveries", params)
-    _emit(args, answer, out.deliveries_table(answer))
+    _emit(args, answer, out.deliveries_table(answer), out.more_hint(answer))
     return EXIT_OK
 
 

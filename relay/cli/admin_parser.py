@@ -22,7 +22,8 @@ from relay.cli.connect import DEFAULT_URL, TOKEN_ENV, run
 def _common(parser: argparse.ArgumentParser, json_flag: bool = True) -> None:
     group = parser.add_argument_group("connection")
     group.add_argument(
-        "--url", help=f"the relay's address (default: from --config, else {DEFAULT_URL})"
+        "--url",
+        help=f"the relay's address, with its scheme (default: from --config, else {DEFAULT_URL})",
     )
     group.add_argument(
         "--config", metavar="FILE", help="take the address from this config's [server] listen"

@@ -21,7 +21,14 @@ DEFAULT_TIMEOUT = 60.0
 
 
 class AdminError(Exception):
-    """The admin API could not be used; ``str()`` is a one-line reason for the operator."""
+    """The admin API could not be used; ``str()`` is a one-line reason for the operator.
+
+    ``status`` is the HTTP status when the API answered (400: the request as given was wrong).
+    """
+
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
 class AdminClient:
@@ -86,10 +93,10 @@ class AdminClient:
         if status == 401:
             detail = _reason(decoded)
             raise AdminError(
-                "admin API refused the token (401)" + (f": {detail}" if detail else "")
+                "admin API refused the token (401)" + (f": {detail}" if detail else ""), status
             )
         if status >= 400:
-            raise AdminError(_reason(decoded) or f"{method} {path}: HTTP {status}")
+            raise AdminError(_reason(decoded) or f"{method} {path}: HTTP {status}", status)
         if decoded is None:
             raise AdminError(f"{method} {path}: the answer was not JSON (is {self.url} a relay?)")
         return status, decoded

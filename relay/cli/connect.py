@@ -12,6 +12,7 @@ import sys
 import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from relay.cli.client import AdminClient, AdminError
 from relay.config.checks import parse_listen
@@ -31,7 +32,7 @@ class UsageError(Exception):
 
 def admin_url(args: argparse.Namespace) -> str:
     if args.url:
-        return str(args.url)
+        return _checked_url(str(args.url))
     if args.config:
         # Only the listen address is needed: no ${VAR} expansion, so secrets need not be set.
         try:
@@ -50,6 +51,19 @@ def admin_url(args: argparse.Namespace) -> str:
             host = "127.0.0.1"
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     return DEFAULT_URL
+
+
+def _checked_url(url: str) -> str:
+    if "://" not in url:
+        raise UsageError(f"--url needs a scheme: http://{url}, not {url!r}")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises for a port that is not a number)
+    except ValueError as exc:
+        raise UsageError(f"--url {url!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--url must be http://HOST:PORT or https://HOST:PORT, not {url!r}")
+    return url
 
 
 def admin_token(args: argparse.Namespace) -> str:
@@ -92,6 +106,10 @@ def run(command: Command) -> Callable[[argparse.Namespace], int]:
         try:
             return asyncio.run(go())
         except AdminError as exc:
+            if exc.status == 400:
+                # The API refused what the command line asked for: a usage problem.
+                print(f"relay: {_as_option(str(exc), args)}", file=sys.stderr)
+                return EXIT_USAGE
             print(f"relay: {exc}", file=sys.stderr)
             return EXIT_FAILURE
         except UsageError as exc:
@@ -102,3 +120,11 @@ def run(command: Command) -> Callable[[argparse.Namespace], int]:
             return EXIT_FAILURE
 
     return main
+
+
+def _as_option(reason: str, args: argparse.Namespace) -> str:
+    """The API names a key (``since: ...``); say it as the option that set it (``--since: ...``)."""
+    key, sep, rest = reason.partition(": ")
+    if sep and key.isidentifier() and getattr(args, key, None) is not None:
+        return f"--{key.replace('_', '-')}: {rest}"
+    return reason

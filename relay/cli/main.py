@@ -195,8 +195,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a shell reports for a process killed by SIGPIPE, as `yes | head -1` does.
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+        # Flushed here, where a closed pipe can be handled, not at exit, where Python prints it.
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`relay events list | head -1`): stop quietly, and point stdout
+        # at /dev/null so the interpreter's own final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return code

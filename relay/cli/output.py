@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,12 +13,21 @@ def as_json(data: Any) -> str:
     return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()
 
 
+# Control characters (C0 but tab and newline, DEL, C1) as visible escapes: a webhook or a
+# destination's response may carry terminal escape sequences, and a terminal must not run them.
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def _cell(value: Any) -> str:
     if value is None or value == "":
         return "-"
     text = str(value)
     # One row per line, whatever an error message or an email address contains.
-    return text.replace("\n", " ").replace("\t", " ")
+    return printable(text.replace("\r\n", " ").replace("\n", " ").replace("\t", " "))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -31,9 +41,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _more(answer: dict[str, Any]) -> str:
+def more_hint(answer: dict[str, Any]) -> str | None:
+    """How to get the next page, for standard error (standard output stays the table)."""
     cursor = answer.get("next_cursor")
-    return f"\nmore: add --cursor {cursor}" if cursor else ""
+    return f"more: add --cursor {cursor}" if cursor else None
 
 
 def events_table(answer: dict[str, Any]) -> str:
@@ -44,50 +55,69 @@ def events_table(answer: dict[str, Any]) -> str:
     if not rows:
         return "no matching events"
     headers = ("ID", "RECEIVED", "INBOUND", "TYPE", "SOURCE", "EMAIL", "LIST")
-    return table(headers, rows) + _more(answer)
+    return table(headers, rows)
 
 
 def event_detail(event: dict[str, Any]) -> str:
+    """Everything ``--json`` has but the body: the event, its request, deliveries, attempts."""
     request = event["request"]
     lines = [
         f"event      {event['id']}",
         f"received   {event['received_at']}  from {request['peer'] or '-'}",
         f"inbound    {event['inbound']} ({event.get('kind') or 'inbound no longer configured'})",
-        f"type       {event['type']}   source {event['source']}",
+        f"type       {_cell(event['type'])}   source {event['source']}",
         f"email      {_cell(event['email'])}   list {_cell(event['list_id'])}",
         f"fired_at   {_cell(event['fired_at'])}",
     ]
     if event.get("parse_error"):
-        lines.append(f"parse err  {event['parse_error']}")
+        lines.append(f"parse err  {_cell(event['parse_error'])}")
     if event.get("duplicate_of"):
         lines.append(f"duplicate  of {event['duplicate_of']}")
     query = f"?{request['query']}" if request["query"] else ""
     lines += [
-        f"request    {request['method']} {request['path']}{query}  ({request['content_type']})",
+        f"request    {request['method']} {_cell(request['path'] + query)}"
+        f"  ({_cell(request['content_type'])})",
+        "",
+        "request headers:",
+        *(f"  {_cell(name)}: {_cell(value)}" for name, value in request["headers"]),
         "",
         "parsed:",
-        as_json(event.get("parsed")),
+        printable(as_json(event.get("parsed"))),
         "",
     ]
     deliveries = event["deliveries"]
     if not deliveries:
         lines.append("no deliveries")
         return "\n".join(lines)
-    rows = []
-    for d in deliveries:
-        rows.append(
-            (d["id"], d["destination"], d["state"], d["attempts"], d["last_status"],
-             d["replay_id"], d["next_attempt_at"] if d["state"] == "pending" else None,
-             d["last_error"])
-        )  # fmt: skip
-        for a in d["attempts_log"]:
-            rows.append(
-                (f"  #{a['number']}", a["started_at"], a["outcome"], "", a["status"],
-                 "", f"{a['duration'] * 1000:.0f}ms", a["error"])
-            )  # fmt: skip
+    rows = [
+        (d["id"], d["destination"], d["state"], d["attempts"], d["last_status"], d["replay_id"],
+         d["next_attempt_at"] if d["state"] == "pending" else None, d["last_error"])
+        for d in deliveries
+    ]  # fmt: skip
     headers = ("DELIVERY", "DESTINATION", "STATE", "TRIES", "STATUS", "REPLAY", "NEXT", "ERROR")
-    lines.append(table(headers, rows))
+    lines += ["deliveries:", table(headers, rows)]
+    for d in deliveries:
+        if d["attempts_log"]:
+            lines += ["", f"attempts of delivery {d['id']} ({d['destination']}):"]
+            lines += _attempts(d["attempts_log"])
     return "\n".join(lines)
+
+
+def _attempts(attempts: list[dict[str, Any]]) -> list[str]:
+    rows = [
+        (a["number"], a["started_at"], a["outcome"], a["status"],
+         f"{a['duration'] * 1000:.0f}ms", a["error"])
+        for a in attempts
+    ]  # fmt: skip
+    headers = ("ATTEMPT", "STARTED", "OUTCOME", "STATUS", "DURATION", "ERROR")
+    lines = [table(headers, rows)]
+    for a in attempts:
+        head = a["response_head"]
+        if head:
+            # The first bytes of the answer, as received: often the reason a destination said no.
+            lines.append(f"  response to attempt {a['number']}:")
+            lines += [f"    {printable(line)}" for line in head.splitlines()]
+    return lines
 
 
 def deliveries_table(answer: dict[str, Any]) -> str:
@@ -99,7 +129,7 @@ def deliveries_table(answer: dict[str, Any]) -> str:
     if not rows:
         return "no matching deliveries"
     headers = ("ID", "EVENT", "DESTINATION", "STATE", "TYPE", "TRIES", "UPDATED", "LAST ERROR")
-    return table(headers, rows) + _more(answer)
+    return table(headers, rows)
 
 
 def destinations_table(answer: dict[str, Any]) -> str:
