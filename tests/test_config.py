@@ -75,41 +75,45 @@ def test_missing_environment_variable_names_key_and_variable() -> None:
     del env["CRM_TOKEN"]
     assert problems(CONTRACT_EXAMPLE, env) == [
         "destination[0].headers.Authorization: environment variable CRM_TOKEN is not set"
+        " (destination crm)"
     ]
 
 
 @pytest.mark.parametrize(
     ("snippet", "expected"),
     [
-        ('[[destination]]\nname = "a"\nurl = "ftp://x"', "destination[0].url: not an http(s) URL"),
-        ('[[destination]]\nname = "a"', "destination[0].url: is required"),
+        (
+            '[[destination]]\nname = "a"\nurl = "ftp://x"',
+            "destination[0].url: not an http(s) URL (destination a)",
+        ),
+        ('[[destination]]\nname = "a"', "destination[0].url: is required (destination a)"),
         (
             '[[destination]]\nname = "a"\nurl = "http://x"\ntimeout = "10"',
-            "destination[0].timeout: must be a number",
+            "destination[0].timeout: must be a number (destination a)",
         ),
         (
             '[[destination]]\nname = "a"\nurl = "http://x"\ntimeout = 0',
-            "destination[0].timeout: must be greater than 0",
+            "destination[0].timeout: must be greater than 0 (destination a)",
         ),
         (
             '[[destination]]\nname = "a"\nurl = "http://x"\ntypes = "subscribe"',
-            "destination[0].types: must be a list of non-empty strings",
+            "destination[0].types: must be a list of non-empty strings (destination a)",
         ),
         (
             '[[destination]]\nname = "a"\nurl = "http://x"\ncolour = 1',
-            "destination[0].colour: unknown key",
+            "destination[0].colour: unknown key (destination a)",
         ),
         (
             '[[destination]]\nname = "a"\nurl = "http://x"\n[destination.retry]\nmax_attempts = 0',
-            "destination[0].retry.max_attempts: must be greater than 0",
+            "destination[0].retry.max_attempts: must be greater than 0 (destination a)",
         ),
         (
             '[[destination]]\nname = "a"\nurl = "http://x"\n[destination.retry]\ninitial_delay = 10.0\nmax_delay = 1.0',
-            "destination[0].retry.max_delay: must be at least initial_delay",
+            "destination[0].retry.max_delay: must be at least initial_delay (destination a)",
         ),
         (
             '[[destination]]\nname = "a"\nurl = "http://x"\nformat = "xml"',
-            "destination[0].format: must be one of raw, json",
+            "destination[0].format: must be one of raw, json (destination a)",
         ),
         (
             '[server]\nlisten = "8080"',
@@ -117,15 +121,15 @@ def test_missing_environment_variable_names_key_and_variable() -> None:
         ),
         (
             '[[destination]]\nname = "a"\nurl = "http://x"\n[destination.retry]\nmax_age = 0',
-            "destination[0].retry.max_age: must be greater than 0",
+            "destination[0].retry.max_age: must be greater than 0 (destination a)",
         ),
         (
             '[[destination]]\nname = "a"\nurl = "http://x"\nheaders = { content-type = "x/y" }',
-            "destination[0].headers.content-type: is set by relay on every delivery",
+            "destination[0].headers.content-type: is set by relay on every delivery (destination a)",
         ),
         (
             '[[destination]]\nname = "a"\nurl = "http://x"\nheaders = { X-Relay-Attempt = "1" }',
-            "destination[0].headers.X-Relay-Attempt: is set by relay on every delivery",
+            "destination[0].headers.X-Relay-Attempt: is set by relay on every delivery (destination a)",
         ),
         (
             '[storage]\nurl = "sqlite:///:memory:"',
@@ -133,36 +137,36 @@ def test_missing_environment_variable_names_key_and_variable() -> None:
         ),
         (
             '[[destination]]\nname = "a"\nurl = "http://[bad/x"',
-            "destination[0].url: not an http(s) URL",
+            "destination[0].url: not an http(s) URL (destination a)",
         ),
         (
             '[[destination]]\nname = "a"\nurl = "http://crm:99999/x"',
-            "destination[0].url: not an http(s) URL",
+            "destination[0].url: not an http(s) URL (destination a)",
         ),
         (
             '[[destination]]\nname = "a"\nurl = "http://crm:abc/x"',
-            "destination[0].url: not an http(s) URL",
+            "destination[0].url: not an http(s) URL (destination a)",
         ),
         (
             '[[destination]]\nname = "a"\nurl = "http://:80/x"',
-            "destination[0].url: not an http(s) URL",
+            "destination[0].url: not an http(s) URL (destination a)",
         ),
         (
             '[[destination]]\nname = "a"\nurl = "http://cr m/x"',
-            "destination[0].url: not an http(s) URL",
+            "destination[0].url: not an http(s) URL (destination a)",
         ),
         (
             '[[destination]]\nname = "a"\nurl = "http://x"\nheaders = { A = "b\\r\\nX-Evil: 1" }',
-            "destination[0].headers.A: must not contain control characters",
+            "destination[0].headers.A: must not contain control characters (destination a)",
         ),
         (
             '[[inbound]]\nname = "a"\npath = "/hooks/{a}"',
             "inbound[0].path: may hold only URL path characters"
-            " (letters, digits and -._~!$&'()*+,;=:@%/)",
+            " (letters, digits and -._~!$&'()*+,;=:@%/) (inbound a)",
         ),
         (
             '[[inbound]]\nname = "a"\npath = "/hooks/a"\nsource = "user\\r\\nX-Injected: 1"',
-            "inbound[0].source: must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit",
+            "inbound[0].source: must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit (inbound a)",
         ),
         (
             '[[inbound]]\nname = "a\\n"\npath = "/hooks/a"',
@@ -196,23 +200,23 @@ def test_missing_environment_variable_names_key_and_variable() -> None:
         ),
         (
             '[[inbound]]\nname = "a"\npath = "hooks"',
-            "inbound[0].path: must be an absolute URL path without query, like /hooks/mailchimp",
+            "inbound[0].path: must be an absolute URL path without query, like /hooks/mailchimp (inbound a)",
         ),
         (
             '[[inbound]]\nname = "a"\npath = "/admin/x"',
-            "inbound[0].path: collides with relay's own endpoints",
+            "inbound[0].path: collides with relay's own endpoints (inbound a)",
         ),
         (
             '[[inbound]]\nname = "a"\npath = "/h"\nkind = "sendgrid"',
-            "inbound[0].kind: must be one of mailchimp, journey, mandrill",
+            "inbound[0].kind: must be one of mailchimp, journey, mandrill (inbound a)",
         ),
         (
             '[[inbound]]\nname = "a"\npath = "/h"\nkind = "journey"',
-            "inbound[0].event_type: is required for kind journey (or set event_type_header)",
+            "inbound[0].event_type: is required for kind journey (or set event_type_header) (inbound a)",
         ),
         (
             '[[inbound]]\nname = "a"\npath = "/h"\nkind = "mandrill"\nmandrill_key = "k"',
-            "inbound[0].public_url: is required with mandrill_key (the URL Mailchimp signs)",
+            "inbound[0].public_url: is required with mandrill_key (the URL Mailchimp signs) (inbound a)",
         ),
         (
             '[[inbound]]\nname = "a b"\npath = "/h"',
@@ -235,8 +239,10 @@ def test_several_problems_are_all_reported() -> None:
 
 
 def test_invalid_toml_is_one_line() -> None:
-    (line,) = problems("[server\n")
-    assert line.startswith("toml: ")
+    (line,) = problems('[server]\nlisten = "x"\n[storage\n')
+    assert line == (
+        "config: line 3, column 9: invalid TOML: Expected ']' at the end of a table declaration"
+    )
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -256,7 +262,7 @@ def test_check_config_cli_ok_and_problems(tmp_path: Path) -> None:
     bad.write_text('[[destination]]\nname = "crm"\nurl = "crm.internal"\n')
     result = _cli("check-config", "--config", str(bad))
     assert result.returncode == 2
-    assert result.stderr.strip() == "destination[0].url: not an http(s) URL"
+    assert result.stderr.strip() == "destination[0].url: not an http(s) URL (destination crm)"
     assert "Traceback" not in result.stderr
     result = _cli("check-config", "--config", str(tmp_path / "missing.toml"))
     assert result.returncode == 2
@@ -267,3 +273,142 @@ def test_example_config_is_valid() -> None:
     example = Path(__file__).resolve().parents[1] / "examples" / "relay.toml"
     result = _cli("check-config", "--config", str(example))
     assert result.returncode == 0, result.stderr
+
+
+INBOUND = '[[inbound]]\nname = "in"\npath = "/hooks/in"\n'
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        (
+            '[server]\nlisen = "127.0.0.1:8080"',
+            "server.lisen: unknown key (did you mean 'listen'?)",
+        ),
+        ('[storge]\nurl = "sqlite:///x.db"', "storge: unknown key (did you mean 'storage'?)"),
+        (
+            '[[destination]]\nname = "crm"\nurl = "http://x"\ntyeps = ["subscribe"]',
+            "destination[0].tyeps: unknown key (did you mean 'types'?) (destination crm)",
+        ),
+        ("[server]\ncolour = 1", "server.colour: unknown key"),
+    ],
+)
+def test_a_misspelt_key_gets_a_suggestion(snippet: str, expected: str) -> None:
+    assert problems(INBOUND + snippet) == [expected]
+
+
+def test_problems_name_the_table_by_its_name_and_keep_the_index_without_one() -> None:
+    found = problems(
+        INBOUND
+        + '[[destination]]\nname = "crm"\nurl = "ftp://x"\n'
+        + '[[destination]]\nurl = "ftp://y"\n'
+        + '[[destination]]\nname = "bad name"\nurl = "http://z"\n'
+    )
+    assert found == [
+        "destination[0].url: not an http(s) URL (destination crm)",
+        "destination[1].name: is required",
+        "destination[1].url: not an http(s) URL",
+        "destination[2].name: must be 1-64 letters, digits, '_', '-' or '.', starting with a"
+        " letter or digit",
+    ]
+
+
+def test_a_duplicate_name_is_reported_even_when_the_first_table_has_other_problems() -> None:
+    found = problems(
+        INBOUND
+        + '[[destination]]\nname = "crm"\nurl = "ftp://x"\n'
+        + '[[destination]]\nname = "crm"\nurl = "http://y"\n'
+    )
+    assert found == [
+        "destination[0].url: not an http(s) URL (destination crm)",
+        "destination[1].name: duplicate name 'crm'",
+    ]
+
+
+def test_a_missing_variable_is_reported_once_with_every_key_that_uses_it() -> None:
+    found = problems(
+        '[[inbound]]\nname = "a"\npath = "/a"\nsecret = "${HOOK}"\n'
+        '[[inbound]]\nname = "b"\npath = "/b"\nsecret = "${HOOK}"\n'
+        '[[destination]]\nname = "crm"\nurl = "${CRM_URL}"\n',
+        {},
+    )
+    assert found == [
+        "inbound[0].secret: environment variable HOOK is not set (inbound a);"
+        " also used by inbound[1].secret",
+        # Not also "not an http(s) URL": the empty value is the missing variable's doing.
+        "destination[0].url: environment variable CRM_URL is not set (destination crm)",
+    ]
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n"])
+def test_an_empty_file_is_refused(text: str) -> None:
+    assert problems(text) == ["config: the file is empty: relay needs at least an [[inbound]]"]
+
+
+def _warnings(text: str, env: dict[str, str] | None = None) -> tuple[str, ...]:
+    return parse_config(text, ENV if env is None else env).warnings
+
+
+def test_a_dollar_name_without_braces_is_a_warning_naming_the_fix() -> None:
+    warned = _warnings(INBOUND + 'secret = "$MC_HOOK_SECRET"\n')
+    assert warned == (
+        "inbound[0].secret: $MC_HOOK_SECRET is used as written, not read from the environment;"
+        " write ${MC_HOOK_SECRET} to read it (inbound in)",
+    )
+    header = '[[destination]]\nname = "crm"\nurl = "http://x"\nheaders = { A = "Bearer $TOKEN" }'
+    assert _warnings(INBOUND + header) == (
+        "destination[0].headers.A: $TOKEN is used as written, not read from the environment;"
+        " write ${TOKEN} to read it (destination crm)",
+    )
+    for fine in ("pa$word", "${MC_HOOK_SECRET}", "k9#$xy", "cost: 5$"):
+        assert _warnings(INBOUND + f'secret = "{fine}"\n') == (), fine
+
+
+def test_a_types_filter_that_can_never_match_is_a_warning() -> None:
+    crm = '[[destination]]\nname = "crm"\nurl = "http://x"\n'
+    assert _warnings(INBOUND + crm + 'types = ["subscrbe", "unsubscribe"]\n') == (
+        "destination[0].types: 'subscrbe' matches no event type relay makes, so it never"
+        " matches (did you mean 'subscribe'?) (destination crm)",
+    )
+    # Globs, Mandrill's types and a journey's configured type all match something.
+    journey = (
+        '[[inbound]]\nname = "j"\npath = "/j"\nkind = "journey"\nevent_type = "journey.welcome"\n'
+    )
+    fine = 'types = ["sms_*", "hard_bounce", "blacklist.*", "journey.welcome", "unknown"]\n'
+    assert _warnings(INBOUND + journey + crm + fine) == ()
+    # A header the marketer sets may name any type: nothing can be called unmatchable.
+    header = (
+        '[[inbound]]\nname = "h"\npath = "/h"\nkind = "journey"\nevent_type_header = "X-Type"\n'
+    )
+    assert _warnings(INBOUND + header + crm + 'types = ["anything"]\n') == ()
+
+
+def test_check_config_prints_warnings_and_still_passes(tmp_path: Path) -> None:
+    cfg = tmp_path / "relay.toml"
+    cfg.write_text(INBOUND + 'secret = "$MC_HOOK_SECRET"\n')
+    result = _cli("check-config", "--config", str(cfg))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        "warning: inbound[0].secret: $MC_HOOK_SECRET is used as written, not read from the"
+        " environment; write ${MC_HOOK_SECRET} to read it (inbound in)\n"
+    )
+    assert result.stdout.startswith(f"{cfg}: ok: ")
+
+
+def test_check_config_names_the_file_and_line_of_a_toml_error_and_refuses_an_empty_one(
+    tmp_path: Path,
+) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text(INBOUND + "source = user\n")
+    result = _cli("check-config", "--config", str(broken))
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"{broken}: line 4, column 10: invalid TOML: Invalid value\n",
+    )
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    result = _cli("check-config", "--config", str(empty))
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"{empty}: the file is empty: relay needs at least an [[inbound]]\n",
+    )

@@ -44,13 +44,21 @@ def _load_or_report(path: str) -> Settings | None:
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        _print_warnings(exc.warnings)
         return None
+
+
+def _print_warnings(warnings: Sequence[str]) -> None:
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _load_or_report(args.config)
     if settings is None:
         return EXIT_CONFIG
+    # Warnings do not fail the check: the config is valid, if most likely not as meant.
+    _print_warnings(settings.warnings)
     print(f"{args.config}: ok: {settings.summary()}")
     return EXIT_OK
 
@@ -61,6 +69,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     # From here on every line, a fatal one included, is in the configured log format.
     setup_logging(settings.server.log_format)
+    for warning in settings.warnings:
+        log.warning("config: %s", warning)
     try:
         lock = acquire_store_lock(settings.storage)
     except StoreLockError as exc:
@@ -180,7 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
     serve.set_defaults(func=cmd_serve)
 
-    check = sub.add_parser("check-config", help="validate a configuration file")
+    check = sub.add_parser(
+        "check-config",
+        help="validate a configuration file",
+        description="Validate a configuration file: exit 0 with a one-line summary, or exit 2"
+        " with one line per problem naming its key. Warnings (valid, but most likely not meant)"
+        " are printed on stderr and do not fail the check.",
+    )
     check.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
     check.set_defaults(func=cmd_check_config)
 

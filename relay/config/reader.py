@@ -5,12 +5,14 @@ settings = load_config(Path("relay.toml"))   # raises ConfigError listing "key: 
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from relay.config import checks
 from relay.config.schema import (
@@ -28,12 +30,12 @@ from relay.config.schema import (
     SqliteSettings,
     StorageConfig,
 )
+from relay.config.walker import TreeWalker, did_you_mean
 from relay.model import InboundKind
+from relay.protocols import event_types
 from relay.protocols.standard_webhooks import signing_key
 
-T = TypeVar("T")
-
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
@@ -44,93 +46,43 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Setting
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not UTF-8 text"]) from None
-    return parse_config(text, os.environ if environ is None else environ)
+    return parse_config(text, os.environ if environ is None else environ, source=str(path))
 
 
-def parse_config(text: str, environ: Mapping[str, str]) -> Settings:
+def parse_config(text: str, environ: Mapping[str, str], source: str = "config") -> Settings:
+    """Validate TOML text; ``source`` names it in problems about the file as a whole."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"toml: {exc}"]) from None
+        raise ConfigError([toml_problem(source, str(exc))]) from None
+    if not raw:
+        # Every key has a default, so an empty file would start a relay that receives nothing.
+        raise ConfigError([f"{source}: the file is empty: relay needs at least an [[inbound]]"])
     reader = _Reader(environ)
     settings = reader.settings(raw)
+    warnings = [str(w) for w in reader.warnings]
     if reader.problems or settings is None:
-        raise ConfigError(reader.problems)
-    return settings
+        raise ConfigError([str(p) for p in reader.problems], warnings)
+    return dataclasses.replace(settings, warnings=tuple(warnings))
 
 
-class _Reader:
-    """Walks the TOML tree, collecting problems instead of stopping at the first."""
+def toml_problem(source: str, message: str) -> str:
+    """``relay.toml: line 3, column 8: invalid TOML: ...``, where tomllib says where."""
+    found = _POSITION.search(message)
+    if found is None:
+        return f"{source}: invalid TOML: {message}"
+    line, column = found.groups()
+    return f"{source}: line {line}, column {column}: invalid TOML: {message[: found.start()]}"
+
+
+class _Reader(TreeWalker):
+    """relay's tables, read with TreeWalker's helpers."""
 
     def __init__(self, environ: Mapping[str, str]) -> None:
-        self.environ = environ
-        self.problems: list[str] = []
-
-    def fail(self, key: str, reason: str) -> None:
-        self.problems.append(f"{key}: {reason}")
-
-    def expand(self, key: str, value: str) -> str:
-        def sub(m: re.Match[str]) -> str:
-            name = m.group(1)
-            if name not in self.environ:
-                self.fail(key, f"environment variable {name} is not set")
-                return ""
-            return self.environ[name]
-
-        return _ENV_REF.sub(sub, value)
-
-    def table(self, raw: Mapping[str, Any], key: str) -> dict[str, Any]:
-        value = raw.get(key, {})
-        if not isinstance(value, dict):
-            self.fail(key, "must be a table")
-            return {}
-        return value
-
-    def unknown(self, raw: Mapping[str, Any], prefix: str, known: set[str]) -> None:
-        for k in raw:
-            if k not in known:
-                self.fail(f"{prefix}{k}", "unknown key")
-
-    def get(
-        self,
-        raw: Mapping[str, Any],
-        prefix: str,
-        key: str,
-        kind: type[T] | tuple[type, ...],
-        default: T,
-        check: Callable[[Any], str | None] | None = None,
-    ) -> T:
-        if key not in raw:
-            return default
-        value = raw[key]
-        full = f"{prefix}{key}"
-        if isinstance(value, str):
-            value = self.expand(full, value)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, bool) and kind is not bool:
-            self.fail(full, f"must be {checks.kind_name(kind)}")
-            return default
-        if not isinstance(value, kind):
-            self.fail(full, f"must be {checks.kind_name(kind)}")
-            return default
-        if check is not None and (reason := check(value)) is not None:
-            self.fail(full, reason)
-            return default
-        return value  # type: ignore[return-value]
-
-    def optional_str(self, raw: Mapping[str, Any], prefix: str, key: str) -> str | None:
-        value = self.get(raw, prefix, key, str, "", checks.non_empty)
-        return value or None
-
-    def str_list(self, raw: Mapping[str, Any], prefix: str, key: str) -> tuple[str, ...] | None:
-        if key not in raw:
-            return None
-        value = raw[key]
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            self.fail(f"{prefix}{key}", "must be a list of non-empty strings")
-            return None
-        return tuple(self.expand(f"{prefix}{key}", v) for v in value)
+        super().__init__(environ)
+        # The types destination filters can match: known ones plus the journeys' own.
+        self._types: frozenset[str] = event_types.KNOWN_TYPES
+        self._any_type = False
 
     def settings(self, raw: dict[str, Any]) -> Settings | None:
         self.unknown(
@@ -158,10 +110,13 @@ class _Reader:
         dedup_window = self.get(dedup_raw, "dedup.", "window", float, 86400.0, checks.non_negative)
 
         inbounds = self.list_of_tables(raw, "inbound", self.inbound)
+        self._types = event_types.KNOWN_TYPES | {i.event_type for i in inbounds if i.event_type}
+        # A header the marketer sets can name any type: no filter can be called unmatchable.
+        self._any_type = any(i.event_type_header for i in inbounds)
         destinations = self.list_of_tables(raw, "destination", self.destination)
-        self.unique([i.name for i in inbounds], "inbound", "name")
-        self.unique([i.path for i in inbounds], "inbound", "path")
-        self.unique([d.name for d in destinations], "destination", "name")
+        self.unique(raw, "inbound", "name")
+        self.unique(raw, "inbound", "path")
+        self.unique(raw, "destination", "name")
         if self.problems:
             return None
         return Settings(
@@ -173,31 +128,6 @@ class _Reader:
             retention=retention,
             dedup_window=dedup_window,
         )
-
-    def unique(self, values: list[str], table: str, key: str) -> None:
-        seen: set[str] = set()
-        for i, v in enumerate(values):
-            if v in seen:
-                self.fail(f"{table}[{i}].{key}", f"duplicate {key} {v!r}")
-            seen.add(v)
-
-    def list_of_tables(
-        self, raw: Mapping[str, Any], key: str, build: Callable[[dict[str, Any], str], T | None]
-    ) -> list[T]:
-        value = raw.get(key, [])
-        if not isinstance(value, list):
-            self.fail(key, f"must be an array of tables ([[{key}]])")
-            return []
-        out: list[T] = []
-        for i, item in enumerate(value):
-            prefix = f"{key}[{i}]."
-            if not isinstance(item, dict):
-                self.fail(f"{key}[{i}]", "must be a table")
-                continue
-            built = build(item, prefix)
-            if built is not None:
-                out.append(built)
-        return out
 
     def server(self, raw: dict[str, Any]) -> ServerConfig:
         p = "server."
@@ -367,7 +297,10 @@ class _Reader:
                     # Sent as well, it would make a second header that receivers read at random.
                     self.fail(f"{p}headers.{hname}", "is set by relay on every delivery")
                     continue
-                hvalue = self.expand(f"{p}headers.{hname}", hvalue)
+                expanded = self.expand(f"{p}headers.{hname}", hvalue)
+                if expanded is None:
+                    continue
+                hvalue = expanded
                 if CONTROL_CHARS.search(hname + hvalue):
                     # The value may come from the environment; it is not repeated here.
                     self.fail(f"{p}headers.{hname}", "must not contain control characters")
@@ -405,12 +338,25 @@ class _Reader:
             format=self.get(raw, p, "format", str, "raw", checks.one_of("raw", "json")),
             signing_secret=self.optional_str(raw, p, "signing_secret"),
         )
+        self.unmatchable_types(destination.types, f"{p}types")
         if destination.signing_secret is not None:
             try:
                 signing_key(destination.signing_secret)
             except ValueError as exc:
                 self.fail(f"{p}signing_secret", str(exc))
         return destination if len(self.problems) == before else None
+
+    def unmatchable_types(self, patterns: tuple[str, ...] | None, key: str) -> None:
+        if self._any_type:
+            return
+        for pattern in patterns or ():
+            # fnmatchcase: the same case-sensitive glob the routing applies.
+            if not any(fnmatch.fnmatchcase(t, pattern) for t in self._types):
+                self.warn(
+                    key,
+                    f"{pattern!r} matches no event type relay makes, so it never matches"
+                    + did_you_mean(pattern, self._types),
+                )
 
     def conditions(self, raw: Any, key: str) -> tuple[Condition, ...]:
         if raw is None:

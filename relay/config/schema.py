@@ -16,11 +16,15 @@ CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ConfigError(Exception):
-    """The configuration is invalid; ``problems`` holds one ``key: reason`` line each."""
+    """The configuration is invalid; ``problems`` holds one ``key: reason`` line each.
 
-    def __init__(self, problems: list[str]) -> None:
+    ``warnings`` are lines about what is valid but most likely not meant (shown alongside).
+    """
+
+    def __init__(self, problems: list[str], warnings: list[str] | None = None) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+        self.warnings = warnings or []
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +150,9 @@ class Settings:
     destinations: tuple[DestinationConfig, ...]
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     dedup_window: float = 86400.0
+    # Valid but most likely not meant (a filter no event type can match, "$VAR" without
+    # braces): check-config prints them, serve logs them at start.
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def destination(self, name: str) -> DestinationConfig | None:
         return next((d for d in self.destinations if d.name == name), None)

@@ -17,26 +17,13 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from relay import __version__
-from relay.model import UNKNOWN_TYPE
-from relay.protocols.mailchimp import AUDIENCE_TYPES
+from relay.protocols.event_types import KNOWN_TYPES
 from relay.store.base import DestinationStats
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _E2E_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
-_MANDRILL_MESSAGE_TYPES = frozenset(
-    {
-        "send", "deferral", "hard_bounce", "soft_bounce", "delivered", "open", "click", "spam",
-        "unsub", "reject", "inbound",
-    }
-)  # fmt: skip
-_MANDRILL_SYNC_TYPES = frozenset(
-    f"{list_name}.{action}"
-    for list_name in ("blacklist", "whitelist", "denylist", "allowlist")
-    for action in ("add", "remove", "change")
-)
-KNOWN_TYPES = AUDIENCE_TYPES | _MANDRILL_MESSAGE_TYPES | _MANDRILL_SYNC_TYPES | {UNKNOWN_TYPE}
 # Every outcome ingest counts in relay_requests_received_total. Each exists at 0 from the start
 # for every inbound: `increase(...[15m]) > 0` cannot see the first increment of a series that
 # did not exist before it, so an alert would miss the first burst after a restart.
