@@ -394,3 +394,41 @@ async def test_events_show_has_request_headers_attempts_under_their_own_headers_
         "  response to attempt 2:",
         "    sink says hi",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "token"),
+    [
+        ("s3cret\n", "s3cret"),
+        ("  dGVzdA==  \n", "dGVzdA=="),  # base64 padding is not NAME=value
+        ("MC_HOOK_SECRET=x\nRELAY_ADMIN_TOKEN=s3cret\nCRM_URL=https://crm/\n", "s3cret"),
+        ("# relay's secrets\nRELAY_ADMIN_TOKEN='s3cret'\n", "s3cret"),
+        ('export RELAY_ADMIN_TOKEN = "s3=cret"\n', "s3=cret"),
+        ("MC_HOOK_SECRET=x\nCRM_URL=https://crm/\n", None),
+        ("RELAY_ADMIN_TOKEN=\n", None),
+        ("", None),
+    ],
+)
+def test_a_token_file_holds_the_token_or_the_services_environment_file(
+    text: str, token: str | None
+) -> None:
+    from relay.cli.connect import token_from_file
+
+    assert token_from_file(text) == token
+
+
+async def test_the_systemd_environment_file_serves_as_token_file(running: Running) -> None:
+    env_file = running.config.parent / "relay.env"
+    env_file.write_text(f"MC_HOOK_SECRET=x\nRELAY_ADMIN_TOKEN={ADMIN_TOKEN}\n")
+    listed = await cli(
+        "destinations", "list", "--token-file", str(env_file), token=None, url=running.url
+    )
+    assert listed.code == 0, listed.err
+    env_file.write_text("MC_HOOK_SECRET=x\nCRM_URL=https://crm/\n")
+    missing = await cli(
+        "destinations", "list", "--token-file", str(env_file), token=None, url=running.url
+    )
+    assert (missing.code, missing.err) == (
+        2,
+        f"relay: token file {env_file} holds neither a token nor a RELAY_ADMIN_TOKEN= line\n",
+    )

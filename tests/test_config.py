@@ -412,3 +412,31 @@ def test_check_config_names_the_file_and_line_of_a_toml_error_and_refuses_an_emp
         2,
         f"{empty}: the file is empty: relay needs at least an [[inbound]]\n",
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "env", "expected"),
+    [
+        ("${X:-fallback}", {}, "fallback"),
+        ("${X:-fallback}", {"X": ""}, "fallback"),
+        ("${X:-fallback}", {"X": "set"}, "set"),
+        ("a-${X:-}-b", {}, "a--b"),
+    ],
+)
+def test_a_variable_with_a_default_needs_no_environment(
+    value: str, env: dict[str, str], expected: str
+) -> None:
+    s = parse_config(INBOUND + f'source = "x"\nsecret = "{value}"\n', env)
+    assert s.inbounds[0].secret == (expected or None)
+
+
+def test_the_example_config_opens_the_admin_api_only_with_a_token_in_the_environment() -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "relay.toml"
+    text = example.read_text()
+    assert 'token = "${RELAY_ADMIN_TOKEN:-}"' in text
+    assert parse_config(text, {}).admin.token is None
+    assert parse_config(text, {"RELAY_ADMIN_TOKEN": "t0ken"}).admin.token == "t0ken"
+    # Written out as empty, it is a mistake rather than a way to close the API.
+    assert problems(INBOUND + '[admin]\ntoken = ""\n') == [
+        "admin.token: must not be empty (leave it out to keep the admin API closed)"
+    ]

@@ -325,7 +325,27 @@ def test_every_alert_has_severity_summary_description_and_runbook() -> None:
         assert rule["labels"]["severity"] in {"critical", "warning", "info"}, rule["alert"]
         annotations = rule["annotations"]
         assert {"summary", "description", "runbook_url"} <= annotations.keys(), rule["alert"]
-        assert "#operating-relay" in annotations["runbook_url"], rule["alert"]
+
+
+def _readme_anchors() -> set[str]:
+    """The anchors GitHub makes for README headings: lower case, punctuation dropped,
+    spaces as hyphens."""
+    anchors = set()
+    for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
+        heading = re.match(r"#{1,6} (.+)", line)
+        if heading:
+            text = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower())
+            anchors.add(text.replace(" ", "-"))
+    return anchors
+
+
+def test_every_alert_links_to_its_own_runbook_section_in_the_readme() -> None:
+    anchors = _readme_anchors()
+    assert "operating-relay" in anchors and "dead-letters" in anchors  # the slugging works
+    for rule in _alert_rules():
+        url = rule["annotations"]["runbook_url"]
+        assert url == f"https://github.com/relay/relay#{rule['alert'].lower()}", rule["alert"]
+        assert rule["alert"].lower() in anchors, rule["alert"]
 
 
 @pytest.mark.slow
@@ -649,3 +669,12 @@ def test_servicemonitor_scrapes_only_the_client_service() -> None:
     # The job label is the Service's name, which the alert rules select on.
     assert matching == ["relay"]
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+
+
+def test_readme_writes_the_relay_command_one_way_and_says_how_to_run_and_stop_it() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    # Said once, where make run is explained; everywhere else the command is plain `relay`.
+    assert readme.count(".venv/bin/relay") == 1
+    assert "`make run` installs the `relay` command into `.venv/bin`" in readme
+    assert "make run CONFIG=" in readme
+    assert "Ctrl-C" in readme

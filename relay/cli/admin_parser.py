@@ -29,7 +29,10 @@ def _common(parser: argparse.ArgumentParser, json_flag: bool = True) -> None:
         "--config", metavar="FILE", help="take the address from this config's [server] listen"
     )
     group.add_argument(
-        "--token-file", metavar="FILE", help=f"read the admin token here instead of ${TOKEN_ENV}"
+        "--token-file",
+        metavar="FILE",
+        help=f"read the admin token here instead of ${TOKEN_ENV}: a file holding the token, or"
+        f" an environment file with a {TOKEN_ENV}= line (e.g. /etc/relay/relay.env)",
     )
     group.add_argument("--operator", help="who asks, recorded with replays (default: cli:$USER)")
     if json_flag:

@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import getpass
 import os
+import re
 import sys
 import tomllib
 from collections.abc import Awaitable, Callable
@@ -69,15 +70,54 @@ def _checked_url(url: str) -> str:
 def admin_token(args: argparse.Namespace) -> str:
     if args.token_file:
         try:
-            return Path(args.token_file).read_text(encoding="utf-8").strip()
+            text = Path(args.token_file).read_text(encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"cannot read token file {args.token_file}: {exc.strerror}") from None
         except UnicodeDecodeError:
             raise UsageError(f"token file {args.token_file} is not UTF-8 text") from None
+        token = token_from_file(text)
+        if not token:
+            raise UsageError(
+                f"token file {args.token_file} holds neither a token nor a {TOKEN_ENV}= line"
+            )
+        return token
     token = os.environ.get(TOKEN_ENV, "").strip()
     if not token:
         raise UsageError(f"no admin token: set {TOKEN_ENV} or pass --token-file")
     return token
+
+
+_ENV_LINE = re.compile(rf"\s*(?:export\s+)?{TOKEN_ENV}\s*=\s*(.*?)\s*")
+
+
+def token_from_file(text: str) -> str | None:
+    """The token in a file that holds just the token, or in an environment file.
+
+    The environment file is the one the systemd unit and docker compose read (``NAME=value``
+    lines, ``#`` comments, optional quotes), so one file serves relay and the operator. A bare
+    token may itself contain "=" (base64 padding), so a file is read as an environment file
+    only when it has a ``RELAY_ADMIN_TOKEN=`` line; otherwise its one line is the token.
+
+    >>> token_from_file("MC_HOOK_SECRET=x\\nRELAY_ADMIN_TOKEN='s3cret'\\n")
+    's3cret'
+    >>> token_from_file("dGVzdA==\\n")
+    'dGVzdA=='
+    """
+    lines = [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith(("#", ";"))
+    ]
+    for line in lines:
+        match = _ENV_LINE.fullmatch(line)
+        if match:
+            value = match.group(1)
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            return value or None
+    if len(lines) == 1:
+        return lines[0]
+    return None
 
 
 def operator_name(args: argparse.Namespace) -> str:

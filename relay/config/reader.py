@@ -94,7 +94,13 @@ class _Reader(TreeWalker):
         storage = self.storage(self.table(raw, "storage"))
         admin_raw = self.table(raw, "admin")
         self.unknown(admin_raw, "admin.", {"token"})
-        admin = AdminConfig(token=self.optional_str(admin_raw, "admin.", "token"))
+        if admin_raw.get("token") == "":
+            self.fail(
+                "admin.token", "must not be empty (leave it out to keep the admin API closed)"
+            )
+        # Empty only through a variable, as "${RELAY_ADMIN_TOKEN:-}" gives where it is unset:
+        # the admin API stays closed, so the example config runs without any variable set.
+        admin = AdminConfig(token=self.get(admin_raw, "admin.", "token", str, "") or None)
         retention_raw = self.table(raw, "retention")
         self.unknown(retention_raw, "retention.", {"days", "interval"})
         retention = RetentionConfig(

@@ -23,7 +23,9 @@ from relay.config import checks
 
 T = TypeVar("T")
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# ${NAME}, or ${NAME:-default}: the default (taken as written) when NAME is unset or empty,
+# as in a shell; so a config can run where an optional variable is not set.
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # "$NAME" without braces, as a shell would expand it: kept as written, which is almost always a
 # mistake. Upper case only, so a password such as "pa$word" is not taken for one.
 _BARE_ENV_REF = re.compile(r"\$([A-Z_][A-Z0-9_]*)(?![A-Za-z0-9_{])")
@@ -75,12 +77,15 @@ class TreeWalker:
             self._context = None
 
     def expand(self, key: str, value: str) -> str | None:
-        """``${NAME}`` replaced from the environment; None (and one problem) when one is unset."""
+        """``${NAME}`` (or ``${NAME:-default}``) replaced from the environment; None, and one
+        problem, when a variable without a default is unset."""
         complete = True
 
         def sub(m: re.Match[str]) -> str:
             nonlocal complete
-            name = m.group(1)
+            name, default = m.group(1), m.group(2)
+            if default is not None:
+                return self.environ.get(name) or default
             if name in self.environ:
                 return self.environ[name]
             complete = False
