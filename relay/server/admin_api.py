@@ -206,26 +206,17 @@ class Admin:
         )
 
     async def list_destinations(self, request: web.Request) -> web.Response:
-        stats = {s.destination: s for s in await self.store.destination_stats()}
-        paused = await self.store.paused_destinations()
-        configured = [d.name for d in self.settings.destinations]
-        out = []
-        for name in configured + sorted(set(stats) - set(configured)):
-            config = self.settings.destination(name)
-            s = stats.get(name)
-            out.append(
-                {
-                    "name": name,
-                    "configured": config is not None,
-                    "url": redact_url(config.url) if config is not None else None,
-                    "paused": name in paused,
-                    "counts": {
-                        state.value: getattr(s, state.value, 0) if s is not None else 0
-                        for state in _COUNTED
-                    },
-                    "oldest_pending_at": s.oldest_pending_at if s is not None else None,
-                }
-            )
+        out = [
+            {
+                "name": d.name,
+                "configured": d.config is not None,
+                "url": redact_url(d.config.url) if d.config is not None else None,
+                "paused": d.paused,
+                "counts": {state.value: getattr(d.stats, state.value) for state in _COUNTED},
+                "oldest_pending_at": d.stats.oldest_pending_at,
+            }
+            for d in await self.control.destinations()
+        ]
         return json_response({"destinations": out})
 
     async def pause(self, request: web.Request) -> web.Response:

@@ -24,12 +24,17 @@ def _credential(authorization: str | None) -> tuple[str, str]:
 
 def admin_auth_problem(token: str | None, authorization: str | None) -> str | None:
     """Why a request may not use the admin API, or None when its bearer token is right."""
+    scheme, given = _credential(authorization)
+    if token and (scheme != "bearer" or not given):
+        return "missing bearer token"
+    return admin_token_problem(token, given)
+
+
+def admin_token_problem(token: str | None, given: str) -> str | None:
+    """Why ``given`` is not the admin token (the console's login form), or None when it is."""
     if not token:
         return "admin API disabled: no [admin] token configured"
-    scheme, given = _credential(authorization)
-    if scheme != "bearer" or not given:
-        return "missing bearer token"
-    if not _same(given, token):
+    if not given or not _same(given, token):
         return "invalid admin token"
     return None
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from relay.config import Settings
+from relay.config import DestinationConfig, Settings
 from relay.model import (
     CreatedDelivery,
     EventFilter,
@@ -28,7 +28,7 @@ from relay.model import (
 from relay.obs.metrics import Metrics
 from relay.pipeline.routing import targets
 from relay.server.replays import LEASE, ReplayJobs
-from relay.store import Store, StoreError
+from relay.store import DestinationStats, Store, StoreError
 
 log = logging.getLogger("relay.control")
 
@@ -55,6 +55,17 @@ class ReplayOutcome:
     per_destination: dict[str, int] | None
     dry_run: bool
     created: tuple[CreatedDelivery, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationStatus:
+    """One destination as operators see it: configured (or only still holding deliveries), paused
+    or not, and its unfinished-delivery counts."""
+
+    name: str
+    config: DestinationConfig | None
+    paused: bool
+    stats: DestinationStats
 
 
 class Control:
@@ -107,6 +118,21 @@ class Control:
         for name in names:
             if self.settings.destination(name) is None:
                 raise UnknownDestinationError(f"unknown destination: {name}")
+
+    async def destinations(self) -> list[DestinationStatus]:
+        """Configured destinations in config order, then removed ones that still have deliveries."""
+        stats = {s.destination: s for s in await self.store.destination_stats()}
+        paused = await self.store.paused_destinations()
+        configured = [d.name for d in self.settings.destinations]
+        return [
+            DestinationStatus(
+                name,
+                self.settings.destination(name),
+                name in paused,
+                stats.get(name) or DestinationStats(destination=name),
+            )
+            for name in configured + sorted(set(stats) - set(configured))
+        ]
 
     async def pause(self, name: str) -> int:
         self.check_destinations([name])
