@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
 from relay.config import Settings, parse_config
-from relay.server.app import RELAY_KEY, Relay, create_app
+from relay.server.app import ADMIN_APP_KEY, RELAY_KEY, Relay, create_app
 
 REPO = Path(__file__).resolve().parents[1]
 # Mailchimp's sample bodies and signature vectors, byte for byte: the repository carries them so
@@ -190,19 +190,33 @@ def toml_value(value: Any) -> str:
 
 
 class RelayUnderTest:
-    """A relay app served on a real socket, with a client session to post to it."""
+    """A relay app served on a real socket, with a client session to post to it.
+
+    With ``[admin] listen`` the operator half is served on a second real socket
+    (``admin_server``); ``admin_url`` gives its addresses (the main one's without it).
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.server: TestServer | None = None
+        self.admin_server: TestServer | None = None
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> RelayUnderTest:
         app = create_app(self.settings, registry=CollectorRegistry())
         self.server = TestServer(app, host="127.0.0.1")
         await self.server.start_server()
+        admin = app.get(ADMIN_APP_KEY)
+        if admin is not None:
+            self.admin_server = TestServer(admin, host="127.0.0.1")
+            await self.admin_server.start_server()
         self.session = aiohttp.ClientSession()
         return self
+
+    def admin_url(self, path: str) -> str:
+        server = self.admin_server or self.server
+        assert server is not None
+        return str(server.make_url(path))
 
     @property
     def relay(self) -> Relay:
@@ -232,6 +246,8 @@ class RelayUnderTest:
     async def stop(self) -> None:
         if self.session is not None:
             await self.session.close()
+        if self.admin_server is not None:
+            await self.admin_server.close()
         if self.server is not None:
             await self.server.close()
 
@@ -392,7 +408,7 @@ async def admin_call(
         all_headers["Authorization"] = f"Bearer {token}"
     data = orjson.dumps(body) if body is not None else None
     async with relay.session.request(
-        method, relay.url(path), data=data, headers=all_headers
+        method, relay.admin_url(path), data=data, headers=all_headers
     ) as response:
         raw = await response.read()
         assert response.content_type == "application/json", raw

@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
+from relay.config import parse_config
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 GRAFANA = ROOT / "grafana"
@@ -33,6 +35,7 @@ COMPOSE = DEPLOY / "docker-compose.yml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 CONTAINER_CONFIG = DEPLOY / "relay.docker.toml"
 SYSTEMD_UNIT = DEPLOY / "systemd" / "relay.service"
+SYSTEMD_CONFIG = DEPLOY / "systemd" / "relay.toml"
 KUBERNETES = DEPLOY / "kubernetes"
 
 YAML_FILES = sorted(
@@ -361,7 +364,9 @@ def test_prometheus_scrapes_relay_as_job_relay_and_loads_the_rules() -> None:
     assert all(path.is_file() for path in rule_files)
     (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "relay"]
     assert job["metrics_path"] == "/metrics"
-    assert job["static_configs"][0]["targets"] == ["relay:8080"]
+    # /metrics is served on the operator address only.
+    admin_port = _port(tomllib.loads(CONTAINER_CONFIG.read_text(encoding="utf-8"))["admin"])
+    assert job["static_configs"][0]["targets"] == [f"relay:{admin_port}"]
     # The alert rules select on this job name.
     assert all('job="relay"' in rule["expr"] for rule in _alert_rules())
 
@@ -463,6 +468,23 @@ def test_compose_gives_relay_every_variable_its_config_reads() -> None:
     assert (COMPOSE.parent / mounts["/etc/relay/relay.toml"]).resolve() == CONTAINER_CONFIG
 
 
+def test_compose_publishes_the_operator_address_on_loopback_only() -> None:
+    config = tomllib.loads(CONTAINER_CONFIG.read_text(encoding="utf-8"))
+    ports = _compose()["services"]["relay"]["ports"]
+    assert ports == [
+        f"{_port(config['server'])}:{_port(config['server'])}",
+        f"127.0.0.1:{_port(config['admin'])}:{_port(config['admin'])}",
+    ]
+
+
+def test_systemd_example_config_keeps_operators_on_loopback() -> None:
+    env = {"RELAY_ADMIN_TOKEN": "t", "MC_HOOK_SECRET": "s", "CRM_URL": "https://crm.example/"}
+    settings = parse_config(SYSTEMD_CONFIG.read_text(encoding="utf-8"), env)
+    assert settings.admin.listen == ("127.0.0.1", 8081)
+    assert settings.storage.url == "sqlite:////var/lib/relay/relay.db"
+    assert "deploy/systemd/relay.toml" in SYSTEMD_UNIT.read_text(encoding="utf-8")
+
+
 def test_compose_gives_relay_longer_than_its_graceful_shutdown() -> None:
     grace = _compose()["services"]["relay"]["stop_grace_period"]
     assert int(grace.removesuffix("s")) > 30
@@ -483,9 +505,14 @@ def test_grafana_provisioning_matches_the_compose_mounts() -> None:
     assert "prometheus" in _compose()["services"]
 
 
+def _port(table: dict[str, Any]) -> int:
+    return int(table["listen"].rsplit(":", 1)[1])
+
+
 def test_container_config_listens_on_all_interfaces_and_stores_on_the_volume() -> None:
     config = tomllib.loads(CONTAINER_CONFIG.read_text(encoding="utf-8"))
     assert config["server"]["listen"] == "0.0.0.0:8080"
+    assert config["admin"]["listen"] == "0.0.0.0:8081"
     assert config["storage"]["url"] == "sqlite:////var/lib/relay/relay.db"
     assert config["inbound"][0]["path"] == "/hooks/mailchimp/audience"
     assert config["destination"][0]["url"] == "${CRM_URL}"
@@ -536,7 +563,7 @@ def test_dockerfile_has_a_healthcheck_on_healthz_and_stops_with_sigterm() -> Non
     assert "/healthz" in stage["HEALTHCHECK"]
     assert "curl" not in stage["HEALTHCHECK"]  # python:3.11-slim has none
     assert stage["STOPSIGNAL"] == "SIGTERM"
-    assert stage["EXPOSE"] == "8080"
+    assert stage["EXPOSE"] == "8080 8081"  # the public and the operator address
     assert "/var/lib/relay" in stage["VOLUME"]
     assert json.loads(stage["ENTRYPOINT"]) == ["relay"]
     assert json.loads(stage["CMD"]) == ["serve", "--config", "/etc/relay/relay.toml"]
@@ -644,8 +671,10 @@ def test_statefulset_mounts_its_volume_config_and_secret() -> None:
     assert _env_references(relay_toml) <= secret["stringData"].keys()
     config = tomllib.loads(relay_toml)
     assert config["storage"]["url"] == "sqlite:////var/lib/relay/relay.db"
-    port = int(config["server"]["listen"].rsplit(":", 1)[1])
-    assert container["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": _port(config["server"]), "protocol": "TCP"},
+        {"name": "admin", "containerPort": _port(config["admin"]), "protocol": "TCP"},
+    ]
 
 
 def test_services_route_to_the_statefulset_pods() -> None:
@@ -653,12 +682,17 @@ def test_services_route_to_the_statefulset_pods() -> None:
     services = {service["metadata"]["name"]: service for service in _kubernetes("service.yaml")}
     pod_labels = statefulset["spec"]["template"]["metadata"]["labels"]
     assert services[statefulset["spec"]["serviceName"]]["spec"]["clusterIP"] == "None"
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    named_ports = {port["name"] for port in container["ports"]}
     for service in services.values():
         assert service["spec"]["selector"].items() <= pod_labels.items()
-        assert service["spec"]["ports"][0]["targetPort"] == "http"
+        assert service["spec"]["ports"][0]["targetPort"] in named_ports
+    # One Service per port: the public one never routes to the operator address.
+    assert [p["targetPort"] for p in services["relay"]["spec"]["ports"]] == ["http"]
+    assert [p["targetPort"] for p in services["relay-admin"]["spec"]["ports"]] == ["admin"]
 
 
-def test_servicemonitor_scrapes_only_the_client_service() -> None:
+def test_servicemonitor_scrapes_only_the_operator_service() -> None:
     (monitor,) = _kubernetes("servicemonitor.yaml")
     selector = monitor["spec"]["selector"]["matchLabels"]
     matching = [
@@ -666,9 +700,13 @@ def test_servicemonitor_scrapes_only_the_client_service() -> None:
         for service in _kubernetes("service.yaml")
         if selector.items() <= service["metadata"]["labels"].items()
     ]
-    # The job label is the Service's name, which the alert rules select on.
-    assert matching == ["relay"]
-    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    # /metrics is on the operator port, so the operator Service is scraped; its jobLabel gives
+    # the job name the alert rules select on.
+    assert matching == ["relay-admin"]
+    (service,) = [s for s in _kubernetes("service.yaml") if s["metadata"]["name"] == "relay-admin"]
+    assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "relay"
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("admin", "/metrics")
 
 
 def test_readme_writes_the_relay_command_one_way_and_says_how_to_run_and_stop_it() -> None:

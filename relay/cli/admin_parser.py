@@ -26,7 +26,9 @@ def _common(parser: argparse.ArgumentParser, json_flag: bool = True) -> None:
         help=f"the relay's address, with its scheme (default: from --config, else {DEFAULT_URL})",
     )
     group.add_argument(
-        "--config", metavar="FILE", help="take the address from this config's [server] listen"
+        "--config",
+        metavar="FILE",
+        help="take the address from this config ([admin] listen if set, else [server] listen)",
     )
     group.add_argument(
         "--token-file",

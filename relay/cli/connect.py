@@ -40,13 +40,16 @@ def admin_url(args: argparse.Namespace) -> str:
             raw = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise UsageError(f"cannot read {args.config}: {exc}") from None
-        server = raw.get("server", {})
-        if not isinstance(server, dict):
-            raise UsageError(f"{args.config}: server must be a table")
-        listen = str(server.get("listen", "127.0.0.1:8080"))
+        # The admin API is on [admin] listen when that is set, else on [server] listen.
+        admin, server = raw.get("admin", {}), raw.get("server", {})
+        for name, table in (("server", server), ("admin", admin)):
+            if not isinstance(table, dict):
+                raise UsageError(f"{args.config}: {name} must be a table")
+        key = "admin.listen" if "listen" in admin else "server.listen"
+        listen = str(admin.get("listen", server.get("listen", "127.0.0.1:8080")))
         parsed = parse_listen(listen)
         if parsed is None:
-            raise UsageError(f"{args.config}: server.listen must be host:port, not {listen!r}")
+            raise UsageError(f"{args.config}: {key} must be host:port, not {listen!r}")
         host, port = parsed
         if host in ("0.0.0.0", "::"):  # listening everywhere: talk to it on this machine
             host = "127.0.0.1"

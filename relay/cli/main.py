@@ -23,7 +23,7 @@ from relay.cli.store_lock import StoreLockError, acquire_store_lock
 from relay.config import ConfigError, Settings, load_config
 from relay.config.checks import parse_listen
 from relay.obs.logs import flush_logs, setup_logging
-from relay.server.app import FATAL_KEY, create_app
+from relay.server.app import ADMIN_APP_KEY, FATAL_KEY, create_app
 from relay.store import StoreError
 
 log = logging.getLogger("relay.cli")
@@ -99,35 +99,39 @@ def _fatal(message: str) -> int:
 
 async def _serve(settings: Settings) -> int:
     app = create_app(settings)
-    runner = web.AppRunner(
-        app,
-        access_log=None,
-        handle_signals=False,
-        # aiohttp's defaults let an idle or header-trickling client keep a connection for an
-        # hour, and a request still in progress delay shutdown by up to two minutes.
-        keepalive_timeout=settings.server.read_timeout,
-        shutdown_timeout=settings.server.shutdown_grace,
-    )
+    runner = _runner(app, settings)
     try:
         await runner.setup()
     except StoreError as exc:
         return _fatal(f"cannot start: {exc}")
-    site = web.TCPSite(runner, settings.server.host, settings.server.port, backlog=1024)
-    try:
-        await site.start()
-    except OSError as exc:
-        address = f"{settings.server.host}:{settings.server.port}"
-        # asyncio's strerror repeats the address; the errno's own text is the reason.
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        code = _fatal(f"cannot listen on {address}: {reason}")
-        await runner.cleanup()
-        flush_logs()
-        return code
-    # Only now, with the port bound, has relay started.
+    served = [(runner, settings.server.host, settings.server.port)]
+    admin = app.get(ADMIN_APP_KEY)
+    if admin is not None and settings.admin.listen is not None:
+        # Set up after the main app, whose startup opens storage and starts the workers.
+        admin_runner = _runner(admin, settings)
+        await admin_runner.setup()
+        served.append((admin_runner, *settings.admin.listen))
+    for r, host, port in served:
+        try:
+            await web.TCPSite(r, host, port, backlog=1024).start()
+        except OSError as exc:
+            # asyncio's strerror repeats the address; the errno's own text is the reason.
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            code = _fatal(f"cannot listen on {host}:{port}: {reason}")
+            for started, _, _ in reversed(served):
+                await started.cleanup()
+            flush_logs()
+            return code
+    # Only now, with the ports bound, has relay started.
     log.info("relay started: %s", settings.summary())
+    operators = (
+        f", console on http://{settings.admin.listen[0]}:{settings.admin.listen[1]}/console"
+        if settings.admin.listen is not None
+        else ""
+    )
     print(
         f"relay {__version__} listening on http://{settings.server.host}:{settings.server.port}"
-        f" ({settings.summary()})",
+        f"{operators} ({settings.summary()})",
         flush=True,
     )
     stop = asyncio.Event()
@@ -144,13 +148,27 @@ async def _serve(settings: Settings) -> int:
         log.critical("stopping: a background task failed: %r", fatal.exception())
         code = EXIT_FAILURE
     log.info("shutting down: no new connections, finishing acknowledged work")
-    # Stops listening, lets in-flight requests finish their commits, then runs the cleanup that
-    # stops workers (with their grace period) and closes storage.
-    await runner.cleanup()
+    # The operator address closes first; then the main one stops listening, lets in-flight
+    # requests finish their commits, and runs the cleanup that stops workers (with their grace
+    # period) and closes storage.
+    for r, _, _ in reversed(served):
+        await r.cleanup()
     with contextlib.suppress(asyncio.CancelledError):
         await stop_task
     flush_logs()
     return code
+
+
+def _runner(app: web.Application, settings: Settings) -> web.AppRunner:
+    return web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        # aiohttp's defaults let an idle or header-trickling client keep a connection for an
+        # hour, and a request still in progress delay shutdown by up to two minutes.
+        keepalive_timeout=settings.server.read_timeout,
+        shutdown_timeout=settings.server.shutdown_grace,
+    )
 
 
 def cmd_sink(args: argparse.Namespace) -> int:

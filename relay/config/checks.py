@@ -32,6 +32,18 @@ def parse_listen(value: str) -> tuple[str, int] | None:
     return host, port
 
 
+def listen_address(value: str) -> str | None:
+    return None if parse_listen(value) else "must be host:port with a port from 1 to 65535"
+
+
+_ANY_HOST = frozenset({"0.0.0.0", "::", ""})
+
+
+def same_socket(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """True when two listen addresses would collide: one port, and one host or a wildcard."""
+    return a[1] == b[1] and (a[0] == b[0] or a[0] in _ANY_HOST or b[0] in _ANY_HOST)
+
+
 def non_empty(value: str) -> str | None:
     return None if value else "must not be empty"
 
@@ -62,7 +74,7 @@ def path(value: str) -> str | None:
         return "must be an absolute URL path without query, like /hooks/mailchimp"
     if not _PATH.fullmatch(value):
         return "may hold only URL path characters (letters, digits and -._~!$&'()*+,;=:@%/)"
-    if value.startswith(("/admin", "/metrics", "/healthz", "/readyz")):
+    if value.startswith(("/admin", "/console", "/metrics", "/healthz", "/readyz")):
         return "collides with relay's own endpoints"
     return None
 

@@ -92,15 +92,7 @@ class _Reader(TreeWalker):
         )
         server = self.server(self.table(raw, "server"))
         storage = self.storage(self.table(raw, "storage"))
-        admin_raw = self.table(raw, "admin")
-        self.unknown(admin_raw, "admin.", {"token"})
-        if admin_raw.get("token") == "":
-            self.fail(
-                "admin.token", "must not be empty (leave it out to keep the admin API closed)"
-            )
-        # Empty only through a variable, as "${RELAY_ADMIN_TOKEN:-}" gives where it is unset:
-        # the admin API stays closed, so the example config runs without any variable set.
-        admin = AdminConfig(token=self.get(admin_raw, "admin.", "token", str, "") or None)
+        admin = self.admin(self.table(raw, "admin"), server)
         retention_raw = self.table(raw, "retention")
         self.unknown(retention_raw, "retention.", {"days", "interval"})
         retention = RetentionConfig(
@@ -157,6 +149,21 @@ class _Reader(TreeWalker):
             shutdown_grace=self.get(raw, p, "shutdown_grace", float, 10.0, checks.non_negative),
             read_timeout=self.get(raw, p, "read_timeout", float, 75.0, checks.positive),
         )
+
+    def admin(self, raw: dict[str, Any], server: ServerConfig) -> AdminConfig:
+        self.unknown(raw, "admin.", {"token", "listen"})
+        if raw.get("token") == "":
+            self.fail(
+                "admin.token", "must not be empty (leave it out to keep the admin API closed)"
+            )
+        # Empty only through a variable, as "${RELAY_ADMIN_TOKEN:-}" gives where it is unset:
+        # the admin API stays closed, so the example config runs without any variable set.
+        token = self.get(raw, "admin.", "token", str, "") or None
+        text = self.get(raw, "admin.", "listen", str, "", checks.listen_address)
+        listen = checks.parse_listen(text) if text else None
+        if listen is not None and checks.same_socket(listen, (server.host, server.port)):
+            self.fail("admin.listen", "must differ from server.listen (operators get their own)")
+        return AdminConfig(token=token, listen=listen)
 
     def storage(self, raw: dict[str, Any]) -> StorageConfig:
         p = "storage."

@@ -81,6 +81,10 @@ class StorageConfig:
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
     token: str | None = None
+    # When set, /admin, /console and /metrics are served on this (host, port) only, and the
+    # public listen address answers them 404: the port Mailchimp reaches exposes inbound paths
+    # and health, nothing an attacker could try a token against.
+    listen: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +171,7 @@ class Settings:
             f"storage {redact_url(self.storage.url)}, "
             f"{len(self.inbounds)} inbound(s), {len(self.destinations)} destination(s), "
             f"admin API {'enabled' if self.admin.token else 'closed (no token)'}"
+            + (f" on {self.admin.listen[0]}:{self.admin.listen[1]}" if self.admin.listen else "")
         )
 
 

@@ -89,17 +89,21 @@ def _fatal_to_stop(app: web.Application) -> Callable[[BaseException], None]:
 FATAL_KEY = web.AppKey("fatal", asyncio.Future[None])
 
 
+ADMIN_APP_KEY = web.AppKey("admin_app", web.Application)
+
+
 def create_app(
     settings: Settings,
     *,
     store: Store | None = None,
     registry: CollectorRegistry | None = None,
 ) -> web.Application:
-    """The whole relay as one aiohttp Application; its startup opens storage and starts workers."""
-    app = web.Application(
-        client_max_size=settings.server.max_body_bytes,
-        middlewares=[admin_middleware(settings.admin.token)],
-    )
+    """The whole relay as one aiohttp Application; its startup opens storage and starts workers.
+
+    With ``[admin] listen`` the operator half (/admin, /console, /metrics) is a second
+    application, ``app[ADMIN_APP_KEY]``, to be served on that address; the first then answers
+    those paths 404. Both share one Relay, started and stopped with the first.
+    """
     journey_types = frozenset(i.event_type for i in settings.inbounds if i.event_type)
     metrics = Metrics(
         registry,
@@ -111,16 +115,32 @@ def create_app(
         store if store is not None else create_store(settings.storage, settings.dedup_window)
     )
     the_store.on_commit = metrics.observe_commit
+    app = web.Application(client_max_size=settings.server.max_body_bytes)
     relay = Relay(settings, the_store, metrics, _fatal_to_stop(app))
     app[RELAY_KEY] = relay
-
     app.router.add_routes(Ingest(settings, the_store, metrics).routes())
-    app.router.add_routes(Admin(settings, the_store, relay.control).routes())
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
-    app.router.add_get("/metrics", _metrics)
+    _add_health(app)
+    if settings.admin.listen is None:
+        _add_operator_parts(app, relay)
+    else:
+        admin = web.Application()
+        admin[RELAY_KEY] = relay
+        _add_health(admin)
+        _add_operator_parts(admin, relay)
+        app[ADMIN_APP_KEY] = admin
     app.cleanup_ctx.append(_lifecycle)
     return app
+
+
+def _add_health(app: web.Application) -> None:
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+
+
+def _add_operator_parts(app: web.Application, relay: Relay) -> None:
+    app.middlewares.append(admin_middleware(relay.settings.admin.token))
+    app.router.add_routes(Admin(relay.settings, relay.store, relay.control).routes())
+    app.router.add_get("/metrics", _metrics)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
