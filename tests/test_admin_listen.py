@@ -51,6 +51,8 @@ async def test_admin_listen_keeps_operator_paths_off_the_public_address(
     assert status == 200 and page["events"][0]["email"] == "pub@example.com"
     async with relay.session.get(relay.admin_url("/metrics")) as r:
         assert r.status == 200 and "relay_requests_received_total" in await r.text()
+    async with relay.session.get(relay.admin_url("/console")) as r:
+        assert r.status == 401 and 'action="/console/login"' in await r.text()
     # ...and the operator address takes no webhooks.
     async with relay.session.post(
         relay.admin_url("/hooks/user?secret=s3cret"), data=subscribe_body("x@example.com")

@@ -18,6 +18,8 @@ from relay.config import Settings, redact_url
 from relay.model import DeliveryState, ReplayState, iso_utc
 from relay.pipeline.payload import parsed_view
 from relay.server.admin_json import (
+    DELIVERIES_CURSOR,
+    EVENTS_CURSOR,
     BadRequestError,
     check_keys,
     delivery_json,
@@ -25,6 +27,7 @@ from relay.server.admin_json import (
     filter_json,
     listing_json,
     parse_body,
+    parse_cursor,
     parse_filter,
     parse_flag,
     parse_id,
@@ -111,10 +114,7 @@ class Admin:
     async def list_events(self, request: web.Request) -> web.Response:
         query = request.query
         where = parse_filter(query, ignore=frozenset({"limit", "cursor"}))
-        cursor = query.get("cursor") or None
-        before = parse_id(cursor) if cursor is not None else None
-        if cursor is not None and before is None:
-            raise BadRequestError("cursor: expected the next_cursor of a previous page")
+        before = parse_cursor(query.get("cursor"), EVENTS_CURSOR)
         page = await self.store.list_events(where, parse_limit(query.get("limit")), before)
         next_cursor = str(page.next_cursor) if page.next_cursor is not None else None
         return json_response(
@@ -191,10 +191,7 @@ class Admin:
         query = request.query
         check_keys(query, {"state", "destination", "limit", "cursor"}, "parameter")
         state = parse_filter({"state": query.get("state")}).state
-        cursor = query.get("cursor") or None
-        after = parse_id(cursor) if cursor is not None else None
-        if cursor is not None and after is None:
-            raise BadRequestError("cursor: expected a delivery id")
+        after = parse_cursor(query.get("cursor"), DELIVERIES_CURSOR)
         page = await self.store.list_deliveries(
             state, query.get("destination") or None, parse_limit(query.get("limit")), after
         )

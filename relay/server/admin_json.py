@@ -25,6 +25,9 @@ from relay.model import (
     iso_utc,
 )
 
+# What a cursor is, as a bad one's error says.
+EVENTS_CURSOR = "the next_cursor of a previous page"
+DELIVERIES_CURSOR = "a delivery id"
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 # The query parameter (and replay filter key) for each EventFilter field.
@@ -129,6 +132,16 @@ def parse_id(text: str) -> int | None:
     if not (text.isascii() and text.isdigit()) or len(text) > 18:
         return None
     return int(text)
+
+
+def parse_cursor(text: str | None, expected: str) -> int | None:
+    """A page cursor (a position or id from a previous page), or None for the first page."""
+    if not text:
+        return None
+    number = parse_id(text)
+    if number is None:
+        raise BadRequestError(f"cursor: expected {expected}")
+    return number
 
 
 def parse_flag(body: Mapping[str, Any], key: str) -> bool:

@@ -18,6 +18,7 @@ from relay.delivery.worker import Dispatcher
 from relay.obs.logs import FLUSH_INTERVAL, flush_logs
 from relay.obs.metrics import Metrics
 from relay.server.admin_api import Admin, admin_middleware
+from relay.server.console import Console
 from relay.server.control import Control
 from relay.server.ingest import Ingest
 from relay.store import Store, StoreError, create_store
@@ -117,16 +118,17 @@ def create_app(
     the_store.on_commit = metrics.observe_commit
     app = web.Application(client_max_size=settings.server.max_body_bytes)
     relay = Relay(settings, the_store, metrics, _fatal_to_stop(app))
+    console = Console(settings, the_store, relay.control, metrics, relay.ready)
     app[RELAY_KEY] = relay
     app.router.add_routes(Ingest(settings, the_store, metrics).routes())
     _add_health(app)
     if settings.admin.listen is None:
-        _add_operator_parts(app, relay)
+        _add_operator_parts(app, relay, console)
     else:
         admin = web.Application()
         admin[RELAY_KEY] = relay
         _add_health(admin)
-        _add_operator_parts(admin, relay)
+        _add_operator_parts(admin, relay, console)
         app[ADMIN_APP_KEY] = admin
     app.cleanup_ctx.append(_lifecycle)
     return app
@@ -137,9 +139,11 @@ def _add_health(app: web.Application) -> None:
     app.router.add_get("/readyz", _readyz)
 
 
-def _add_operator_parts(app: web.Application, relay: Relay) -> None:
+def _add_operator_parts(app: web.Application, relay: Relay, console: Console) -> None:
     app.middlewares.append(admin_middleware(relay.settings.admin.token))
+    app.middlewares.append(console.middleware())
     app.router.add_routes(Admin(relay.settings, relay.store, relay.control).routes())
+    app.router.add_routes(console.routes())
     app.router.add_get("/metrics", _metrics)
 
 

@@ -1,0 +1,87 @@
+"""The operator console: server-rendered HTML at /console, on the admin address.
+
+    console = Console(settings, store, control, metrics, relay.ready)
+    app = web.Application(middlewares=[console.middleware()])
+    app.router.add_routes(console.routes())
+
+Pages are plain HTML forms and links, so every page works without JavaScript; a vendored htmx
+(static/htmx.min.js) only refreshes a delivery timeline or a replay's progress while they move.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from relay.config import Settings
+from relay.obs.metrics import Metrics
+from relay.server.console.access import PREFIX, Access
+from relay.server.console.actions import Actions
+from relay.server.console.deps import Capabilities, ConsoleDeps
+from relay.server.console.pages import Pages
+from relay.server.console.render import asset_version, environment, load_static
+from relay.server.control import Control
+from relay.store import Store
+
+__all__ = ["Capabilities", "Console"]
+
+
+class Console:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        control: Control,
+        metrics: Metrics,
+        ready: Callable[[], Awaitable[tuple[bool, str]]],
+    ) -> None:
+        self._static = load_static()
+        deps = ConsoleDeps(
+            settings, store, control, metrics, ready, environment(), asset_version(self._static)
+        )
+        self.access = Access(deps)
+        self.pages = Pages(deps)
+        self.actions = Actions(deps)
+
+    def middleware(self) -> Any:
+        return self.access.middleware()
+
+    def routes(self) -> list[web.RouteDef]:
+        p, a, access = self.pages, self.actions, self.access
+        page = {
+            "": p.overview,
+            "/events": p.events,
+            "/events/{id}": p.event,
+            "/events/{id}/deliveries": p.event_deliveries,
+            "/events/{id}/body": p.event_body,
+            "/dead": p.dead,
+            "/replay": p.replay_preview,
+            "/replays": p.replays,
+            "/replays/{id}": p.replay,
+            "/replays/{id}/progress": p.replay_progress,
+        }
+        action = {
+            "/logout": access.logout,
+            "/events/{id}/replay": a.replay_event,
+            "/replay": a.replay,
+            "/destinations/{name}/pause": a.pause,
+            "/destinations/{name}/resume": a.resume,
+        }
+        return [
+            web.get(PREFIX + "/login", access.show_login, allow_head=False),
+            web.post(PREFIX + "/login", access.login),
+            web.get(PREFIX + "/static/{name}", self._static_file, allow_head=False),
+            *(
+                web.get(PREFIX + path, access.authed(h), allow_head=False)
+                for path, h in page.items()
+            ),
+            *(web.post(PREFIX + path, access.authed(h)) for path, h in action.items()),
+        ]
+
+    async def _static_file(self, request: web.Request) -> web.Response:
+        found = self._static.get(request.match_info["name"])
+        if found is None:
+            return web.Response(status=404, text="not found\n")
+        return web.Response(body=found.body, headers={"Content-Type": found.content_type})

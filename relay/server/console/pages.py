@@ -1,0 +1,318 @@
+"""The console's pages (GET only, nothing changes): overview, events, one event, dead letters,
+replays, and the dry run that comes before a bulk replay.
+
+Every read goes through the same Store and Control calls as the admin API, and filters are read
+by the admin API's own parser, so the console and ``/admin`` always agree on what matches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from relay.model import ClaimedDelivery, DeliveryState, EventDetail, EventFilter
+from relay.pipeline.outbound import envelope
+from relay.pipeline.payload import parsed_view
+from relay.server.admin_json import (
+    DELIVERIES_CURSOR,
+    EVENTS_CURSOR,
+    FILTER_KEYS,
+    BadRequestError,
+    filter_json,
+    parse_cursor,
+    parse_filter,
+    parse_id,
+    parse_names,
+)
+from relay.server.console import views
+from relay.server.console.deps import Auth, ConsoleDeps
+from relay.server.console.render import html, redirect
+from relay.server.control import ReplayRequest
+
+EVENTS_PER_PAGE = 50
+DEAD_PER_PAGE = 50
+# Dead letters are grouped over at most this many of the newest (the admin API's largest page).
+DEAD_GROUPED = 1000
+REQUEST_OUTCOMES = ("accepted", "validation", "rejected_auth", "too_large", "store_error")
+
+
+def _search_fields(query: Any) -> dict[str, str]:
+    """The search form's values as the operator typed them, to show them again."""
+    return {key: str(query.get(key, "")) for key in FILTER_KEYS}
+
+
+class Pages:
+    def __init__(self, deps: ConsoleDeps) -> None:
+        self.deps = deps
+
+    def _page(
+        self, auth: Auth, template: str, section: str, status: int = 200, **values: Any
+    ) -> web.Response:
+        context = self.deps.context(auth, section, **values)
+        return html(self.deps.env, template, context, status)
+
+    # -- overview ----------------------------------------------------------------------------
+
+    async def overview(self, request: web.Request, auth: Auth) -> web.Response:
+        deps = self.deps
+        now = time.time()
+        statuses = await deps.control.destinations()
+        names = [s.name for s in statuses]
+        shares = views.attempt_shares(views.counter_totals(deps.metrics.attempts), names)
+        latest_dead = {}
+        for name in names:
+            page = await deps.store.list_deliveries(DeliveryState.DEAD, name, 1)
+            latest_dead[name] = page.deliveries[0] if page.deliveries else None
+        ready, reason = await deps.ready()
+        requests = views.counter_totals(deps.metrics.requests)
+        events = views.counter_totals(deps.metrics.events)
+        inbounds = [
+            {
+                "config": i,
+                "requests": {o: int(requests.get((i.name, o), 0)) for o in REQUEST_OUTCOMES},
+                "events": int(sum(v for k, v in events.items() if k[0] == i.name)),
+            }
+            for i in deps.settings.inbounds
+        ]
+        return self._page(
+            auth,
+            "overview.html",
+            "overview",
+            destinations=statuses,
+            shares=shares,
+            latest_dead=latest_dead,
+            now=now,
+            ready=ready,
+            ready_reason=reason,
+            inbounds=inbounds,
+            outcomes=REQUEST_OUTCOMES,
+            notice=_action_notice(request.query, set(names)),
+            problem_of=views.delivery_problem,
+        )
+
+    # -- events ------------------------------------------------------------------------------
+
+    async def events(self, request: web.Request, auth: Auth) -> web.Response:
+        query = request.query
+        fields = _search_fields(query)
+        given = {k: v for k, v in fields.items() if v}
+        values: dict[str, Any] = {
+            "fields": fields,
+            "problem": None,
+            "events": [],
+            "next_query": None,
+            "filtered": bool(given),
+            "paged": bool(query.get("cursor")),
+            "replay_query": given,
+            "inbound_names": [i.name for i in self.deps.settings.inbounds],
+            "destination_names": [d.name for d in self.deps.settings.destinations],
+            "states": [s.value for s in DeliveryState],
+        }
+        try:
+            where = parse_filter(query, ignore=frozenset({"cursor"}))
+            cursor = parse_cursor(query.get("cursor"), EVENTS_CURSOR)
+        except BadRequestError as exc:
+            values.update(problem=str(exc), filtered=False)
+            return self._page(auth, "events.html", "events", 400, **values)
+        page = await self.deps.store.list_events(where, EVENTS_PER_PAGE, cursor)
+        values["events"] = page.events
+        if page.next_cursor is not None:
+            values["next_query"] = {**given, "cursor": str(page.next_cursor)}
+        return self._page(auth, "events.html", "events", **values)
+
+    async def _detail(self, request: web.Request) -> EventDetail:
+        detail = await self.deps.store.get_event(request.match_info["id"])
+        if detail is None:
+            raise web.HTTPNotFound()
+        return detail
+
+    async def event(self, request: web.Request, auth: Auth) -> web.Response:
+        detail = await self._detail(request)
+        e = detail.event
+        kind = self.deps.settings.inbound_kind(e.inbound)
+        # The envelope of a first attempt; a replay's says "replay": true.
+        first = ClaimedDelivery(
+            id=0,
+            event_id=e.id,
+            destination="",
+            attempt=1,
+            replay=False,
+            inbound=e.inbound,
+            source=e.source,
+            type=e.type,
+            received_at=e.received_at,
+            body=detail.payload,
+            content_type=detail.payload_content_type,
+            fired_at=e.fired_at,
+        )
+        preview = await self.deps.control.replay_event(e.id, (), auth.operator, dry_run=True)
+        parsed = parsed_view(kind, detail.payload, detail.payload_content_type)
+        notice = None
+        replay_id = parse_id(request.query.get("replay", ""))
+        if replay_id is not None:
+            notice = await self.deps.store.get_replay(replay_id)
+        return self._page(
+            auth,
+            "event.html",
+            "events",
+            detail=detail,
+            e=e,
+            kind=kind.value if kind is not None else None,
+            body=views.body_view(detail.request.body),
+            payload=views.body_view(detail.payload)
+            if detail.payload != detail.request.body
+            else None,
+            parsed=views.pretty_json(parsed),
+            envelope=views.pretty_json(orjson.loads(envelope(first, kind))),
+            routed=sorted(preview.per_destination or {}) if preview is not None else [],
+            destination_names=[d.name for d in self.deps.settings.destinations],
+            timelines=views.timelines(detail.deliveries),
+            polling=views.any_unfinished(detail.deliveries),
+            replayed=notice,
+            problem_of=views.delivery_problem,
+        )
+
+    async def event_deliveries(self, request: web.Request, auth: Auth) -> web.Response:
+        """The timelines alone: what the event page polls (htmx) while a delivery is unfinished."""
+        detail = await self._detail(request)
+        return self._page(
+            auth,
+            "_deliveries.html",
+            "events",
+            e=detail.event,
+            timelines=views.timelines(detail.deliveries),
+            polling=views.any_unfinished(detail.deliveries),
+            problem_of=views.delivery_problem,
+        )
+
+    async def event_body(self, request: web.Request, auth: Auth) -> web.StreamResponse:
+        """The exact request body, as a download the browser never renders."""
+        detail = await self._detail(request)
+        response = web.Response(
+            body=detail.request.body,
+            content_type="application/octet-stream",
+            headers={
+                "Content-Disposition": f'attachment; filename="{detail.event.id}.body"',
+                "Content-Security-Policy": "sandbox; default-src 'none'",
+            },
+        )
+        return response
+
+    # -- dead letters ------------------------------------------------------------------------
+
+    async def dead(self, request: web.Request, auth: Auth) -> web.Response:
+        store = self.deps.store
+        destination = request.query.get("destination") or None
+        cursor = parse_cursor(request.query.get("cursor"), DELIVERIES_CURSOR)
+        newest = await store.list_deliveries(DeliveryState.DEAD, destination, DEAD_GROUPED)
+        if cursor is None:
+            rows = newest.deliveries[:DEAD_PER_PAGE]
+            more = len(newest.deliveries) > DEAD_PER_PAGE
+        else:
+            page = await store.list_deliveries(
+                DeliveryState.DEAD, destination, DEAD_PER_PAGE, cursor
+            )
+            rows, more = page.deliveries, page.next_cursor is not None
+        next_query = None
+        if more and rows:
+            next_query = {"cursor": str(rows[-1].delivery.id)}
+            if destination:
+                next_query["destination"] = destination
+        totals = {s.name: s.stats.dead for s in await self.deps.control.destinations()}
+        return self._page(
+            auth,
+            "dead.html",
+            "dead",
+            destination=destination,
+            totals=totals,
+            grouped=views.dead_groups(newest.deliveries),
+            grouped_of=len(newest.deliveries),
+            grouped_all=newest.next_cursor is None,
+            rows=rows,
+            next_query=next_query,
+            problem_of=views.delivery_problem,
+        )
+
+    # -- replays -----------------------------------------------------------------------------
+
+    async def replay_preview(self, request: web.Request, auth: Auth) -> web.Response:
+        """The dry run of a bulk replay, and the form that confirms it."""
+        query = request.query
+        try:
+            where = parse_filter(query, ignore=frozenset({"to"}))
+            to = parse_names(query.getall("to", []) or None)
+        except BadRequestError as exc:
+            return self._page(auth, "replay_preview.html", "events", 400, problem=str(exc))
+        if where == EventFilter():
+            return self._page(auth, "replay_preview.html", "events", 400, problem=NO_FILTER)
+        # The confirmation replays what was counted: events received after this page are
+        # live traffic, not part of it.
+        now = time.time()
+        pinned = dataclasses.replace(where, until=min(where.until or now, now))
+        outcome = await self.deps.control.replay(
+            ReplayRequest(pinned, to, auth.operator, filter_json(pinned), dry_run=True)
+        )
+        return self._page(
+            auth,
+            "replay_preview.html",
+            "events",
+            problem=None,
+            outcome=outcome,
+            fields=orjson.loads(filter_json(pinned)),
+            to=to,
+        )
+
+    async def replays(self, request: web.Request, auth: Auth) -> web.Response:
+        text = request.query.get("id", "").strip().lstrip("#")
+        if text:
+            number = parse_id(text)
+            if number is not None:
+                return redirect(f"/console/replays/{number}")
+            return self._page(
+                auth, "replays.html", "replays", 400, problem=f"{text!r} is not a replay number."
+            )
+        return self._page(auth, "replays.html", "replays", problem=None)
+
+    async def _replay(self, request: web.Request) -> Any:
+        number = parse_id(request.match_info["id"])
+        record = await self.deps.store.get_replay(number) if number is not None else None
+        if record is None:
+            raise web.HTTPNotFound()
+        return record
+
+    async def replay(self, request: web.Request, auth: Auth) -> web.Response:
+        record = await self._replay(request)
+        return self._page(
+            auth,
+            "replay.html",
+            "replays",
+            r=record,
+            filter=views.pretty_json(orjson.loads(record.filter)),
+        )
+
+    async def replay_progress(self, request: web.Request, auth: Auth) -> web.Response:
+        record = await self._replay(request)
+        return self._page(auth, "_replay_progress.html", "replays", r=record)
+
+
+NO_FILTER = (
+    "Choose at least one filter: replaying every stored event is something to ask for on "
+    "purpose (the CLI's relay replay --since 1970-01-01 does it)."
+)
+
+
+def _action_notice(query: Any, names: set[str]) -> str | None:
+    """The line that reports a pause or resume after its redirect (built here, never taken
+    from the URL, so a crafted link cannot put words on the page)."""
+    name, done, count = query.get("name", ""), query.get("done", ""), parse_id(query.get("n", ""))
+    if name not in names or count is None:
+        return None
+    if done == "pause":
+        return f"Paused {name}: {count} pending deliveries held until it is resumed."
+    if done == "resume":
+        return f"Resumed {name}: {count} held deliveries are due now."
+    return None
