@@ -29,7 +29,18 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.support import ADMIN_TOKEN, FORM, REPO, Sink, free_port, subscribe_body
+from tests.support import (
+    ADMIN_TABLE,
+    ADMIN_TOKEN,
+    AUDIENCE_INBOUNDS,
+    FORM,
+    REPO,
+    Sink,
+    config_text,
+    destination,
+    free_port,
+    subscribe_body,
+)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 INSTALL = (
@@ -125,58 +136,28 @@ class Stack:
             return exc.code
 
 
-def _config(public: int, admin: int, sink: Sink, db: Path) -> str:
-    return f"""
-[server]
-listen = "127.0.0.1:{public}"
-shutdown_grace = 1.0
-
-[storage]
-url = "sqlite:///{db}"
-
-[admin]
-token = "{ADMIN_TOKEN}"
-listen = "127.0.0.1:{admin}"
-
-[[inbound]]
-name = "audience-user"
-path = "/hooks/user"
-kind = "mailchimp"
-secret = "s3cret"
-source = "user"
-
-[[inbound]]
-name = "audience-admin"
-path = "/hooks/admin"
-kind = "mailchimp"
-secret = "s3cret"
-source = "admin"
-
+MANDRILL = """
 [[inbound]]
 name = "transactional"
 path = "/hooks/mandrill"
 kind = "mandrill"
 secret = "s3cret"
 source = "mandrill"
-
-[[destination]]
-name = "crm"
-url = "{sink.url("/crm")}"
-sources = ["user", "mandrill"]
-[destination.retry]
-initial_delay = 0.05
-max_delay = 0.2
-
-[[destination]]
-name = "flaky"
-url = "{sink.url("/flaky")}"
-sources = ["admin"]
-format = "json"
-[destination.retry]
-max_attempts = 2
-initial_delay = 0.05
-max_delay = 0.1
 """
+
+
+def _config(public: int, admin: int, sink: Sink, db: Path) -> str:
+    return config_text(
+        db,
+        port=public,
+        inbounds=AUDIENCE_INBOUNDS + MANDRILL,
+        extra=ADMIN_TABLE + f'listen = "127.0.0.1:{admin}"\n',
+        destinations=destination("crm", sink.url("/crm"), sources=["user", "mandrill"])
+        + destination(
+            "flaky", sink.url("/flaky"), sources=["admin"], format="json",
+            retry={"max_attempts": 2, "max_delay": 0.1},
+        ),
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
