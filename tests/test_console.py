@@ -235,6 +235,23 @@ async def test_bearer_token_opens_the_console(
         assert r.status == 401
 
 
+async def test_overview_counts_each_inbounds_events_of_the_last_hour(
+    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+) -> None:
+    relay = await _relay(start_relay, tmp_path, sink)
+    for n in range(3):
+        assert (await relay.post("/hooks/user", subscribe_body(f"h{n}@example.com")))[0] == 200
+    assert relay.session is not None
+    async with relay.session.get(
+        relay.admin_url("/console"), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    ) as r:
+        page = await r.text()
+    counts = dict(
+        re.findall(r'data-inbound="([\w-]+)">.*?class="num last-hour">(\d+)<', page, re.S)
+    )
+    assert counts == {"audience-user": "3", "audience-admin": "0"}
+
+
 async def test_console_is_closed_without_a_configured_token(
     tmp_path: Path, sink: Sink, start_relay: RelayFactory
 ) -> None:

@@ -37,6 +37,7 @@ EVENTS_PER_PAGE = 50
 DEAD_PER_PAGE = 50
 # Dead letters are grouped over at most this many of the newest (the admin API's largest page).
 DEAD_GROUPED = 1000
+RATE_WINDOW = 3600.0
 REQUEST_OUTCOMES = ("accepted", "validation", "rejected_auth", "too_large", "store_error")
 
 
@@ -70,14 +71,20 @@ class Pages:
         ready, reason = await deps.ready()
         requests = views.counter_totals(deps.metrics.requests)
         events = views.counter_totals(deps.metrics.events)
-        inbounds = [
-            {
-                "config": i,
-                "requests": {o: int(requests.get((i.name, o), 0)) for o in REQUEST_OUTCOMES},
-                "events": int(sum(v for k, v in events.items() if k[0] == i.name)),
-            }
-            for i in deps.settings.inbounds
-        ]
+        inbounds = []
+        for i in deps.settings.inbounds:
+            # From the store, so it counts what every process sharing it received.
+            last_hour = await deps.store.count_events(
+                EventFilter(inbound=i.name, since=now - RATE_WINDOW)
+            )
+            inbounds.append(
+                {
+                    "config": i,
+                    "last_hour": last_hour,
+                    "requests": {o: int(requests.get((i.name, o), 0)) for o in REQUEST_OUTCOMES},
+                    "events": int(sum(v for k, v in events.items() if k[0] == i.name)),
+                }
+            )
         return self._page(
             auth,
             "overview.html",
