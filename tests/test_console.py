@@ -77,6 +77,15 @@ async def _event(relay: RelayUnderTest, sink: Sink, email: str) -> str:
     return str(page["events"][0]["id"])
 
 
+async def _get(
+    relay: RelayUnderTest, headers: dict[str, str], path: str = "/console"
+) -> tuple[int, str]:
+    """GET a console page with these headers alone (no cookie jar): its status and text."""
+    assert relay.session is not None
+    async with relay.session.get(relay.admin_url(path), headers=headers) as r:
+        return r.status, await r.text()
+
+
 def _assert_secured(response: aiohttp.ClientResponse) -> None:
     csp = response.headers.get("Content-Security-Policy", "")
     assert csp == CONTENT_SECURITY_POLICY
@@ -208,31 +217,21 @@ async def test_forged_sessions_are_refused(
         body + "." + signature[:-2],
         "alice",
     ]
-    assert relay.session is not None
     for cookie in forged:
-        async with relay.session.get(
-            relay.admin_url("/console"), headers={"Cookie": f"{session.SESSION_COOKIE}={cookie}"}
-        ) as r:
-            assert r.status == 401, cookie
-    async with relay.session.get(
-        relay.admin_url("/console"), headers={"Cookie": f"{session.SESSION_COOKIE}={real}"}
-    ) as r:
-        assert r.status == 200
+        status, _ = await _get(relay, {"Cookie": f"{session.SESSION_COOKIE}={cookie}"})
+        assert status == 401, cookie
+    status, _ = await _get(relay, {"Cookie": f"{session.SESSION_COOKIE}={real}"})
+    assert status == 200
 
 
 async def test_bearer_token_opens_the_console(
     tmp_path: Path, sink: Sink, start_relay: RelayFactory
 ) -> None:
     relay = await _relay(start_relay, tmp_path, sink)
-    assert relay.session is not None
-    async with relay.session.get(
-        relay.admin_url("/console"), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    ) as r:
-        assert r.status == 200 and "Destinations" in await r.text()
-    async with relay.session.get(
-        relay.admin_url("/console"), headers={"Authorization": "Bearer wrong"}
-    ) as r:
-        assert r.status == 401
+    status, page = await _get(relay, {"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert status == 200 and "Destinations" in page
+    status, _ = await _get(relay, {"Authorization": "Bearer wrong"})
+    assert status == 401
 
 
 async def test_overview_counts_each_inbounds_events_of_the_last_hour(
@@ -241,11 +240,7 @@ async def test_overview_counts_each_inbounds_events_of_the_last_hour(
     relay = await _relay(start_relay, tmp_path, sink)
     for n in range(3):
         assert (await relay.post("/hooks/user", subscribe_body(f"h{n}@example.com")))[0] == 200
-    assert relay.session is not None
-    async with relay.session.get(
-        relay.admin_url("/console"), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    ) as r:
-        page = await r.text()
+    _, page = await _get(relay, {"Authorization": f"Bearer {ADMIN_TOKEN}"})
     counts = dict(
         re.findall(r'data-inbound="([\w-]+)">.*?class="num last-hour">(\d+)<', page, re.S)
     )
