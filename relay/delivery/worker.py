@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 from relay.config import DestinationConfig
 from relay.delivery.sender import Sender
@@ -38,6 +39,27 @@ hot_log = HotLog("relay.delivery")
 IDLE_RECHECK = POLL_INTERVAL
 STORE_RETRY = 1.0
 BLOCKED_RECHECK = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class StoreClock:
+    """The store's clock (which all processes sharing it share), read without asking it.
+
+    Backoff and age limits are computed in that clock. It is the store's time at the claim plus
+    the time passed here since the claim was *asked for*: never behind the store's own clock, so
+    a retry is never due early (at most later by the time the claim waited in the store).
+    """
+
+    at_claim: float
+    asked: float  # time.monotonic() when the claim was sent
+
+    @classmethod
+    def from_claim(cls, delivery: ClaimedDelivery, asked: float) -> StoreClock:
+        at_claim = delivery.claimed_at if delivery.claimed_at is not None else time.time()
+        return cls(at_claim, asked)
+
+    def now(self) -> float:
+        return self.at_claim + (time.monotonic() - self.asked)
 
 
 def lease_seconds(destination: DestinationConfig) -> float:
@@ -69,9 +91,6 @@ class DestinationWorker:
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._stopping = False
-        # The store's clock minus this process's, as seen at the last claim: backoff and age
-        # limits are computed in the store's clock, which every process shares.
-        self._clock_offset = 0.0
 
     def wake(self) -> None:
         self._wake.set()
@@ -88,11 +107,10 @@ class DestinationWorker:
             timeout: float | None = None
             if free >= batch or (free > 0 and not self._inflight):
                 try:
+                    asked = time.monotonic()
                     claimed = await self.store.claim(name, free, lease)
                     for delivery in claimed:
-                        if delivery.claimed_at is not None:
-                            self._clock_offset = delivery.claimed_at - time.time()
-                        self._spawn(delivery)
+                        self._spawn(delivery, StoreClock.from_claim(delivery, asked))
                     if len(claimed) < free:
                         timeout = await self._idle_timeout()
                 except StoreError as exc:
@@ -115,9 +133,10 @@ class DestinationWorker:
             return BLOCKED_RECHECK
         return min(IDLE_RECHECK, max(0.01, due_in))
 
-    def _spawn(self, delivery: ClaimedDelivery) -> None:
+    def _spawn(self, delivery: ClaimedDelivery, clock: StoreClock) -> None:
         task = asyncio.create_task(
-            self._deliver(delivery), name=f"relay-deliver-{self.destination.name}-{delivery.id}"
+            self._deliver(delivery, clock),
+            name=f"relay-deliver-{self.destination.name}-{delivery.id}",
         )
         self._inflight.add(task)
         task.add_done_callback(self._finished)
@@ -133,11 +152,11 @@ class DestinationWorker:
             )
         self._wake.set()
 
-    async def _deliver(self, delivery: ClaimedDelivery) -> None:
+    async def _deliver(self, delivery: ClaimedDelivery, clock: StoreClock) -> None:
         dest = self.destination
         body, headers = build_request(dest, delivery, self.kinds, time.time())
         result = await self.sender.send(dest.url, body, headers, dest.timeout)
-        now = time.time() + self._clock_offset
+        now = clock.now()
         decision = decide(dest.retry, delivery.attempt, result, now, delivery.created_at)
         try:
             held = await self.store.complete(delivery, result, decision)
@@ -161,10 +180,10 @@ class DestinationWorker:
                 delivery.attempt,
             )
             decision = Decision(DeliveryState.DELIVERING)
-        self._observe(delivery, result, decision)
+        self._observe(delivery, result, decision, now)
 
     def _observe(
-        self, delivery: ClaimedDelivery, result: AttemptResult, decision: Decision
+        self, delivery: ClaimedDelivery, result: AttemptResult, decision: Decision, now: float
     ) -> None:
         name = self.destination.name
         self._attempt_counters[result.outcome].inc()
@@ -179,7 +198,7 @@ class DestinationWorker:
         if not hot_log.logger.isEnabledFor(level):
             return
         if decision.state is DeliveryState.PENDING and decision.next_attempt_at is not None:
-            then = f" retry_in={decision.next_attempt_at - time.time() - self._clock_offset:.1f}s"
+            then = f" retry_in={decision.next_attempt_at - now:.1f}s"
         else:
             then = f" reason={decision.reason!r}" if decision.reason else ""
         status = result.status if result.status is not None else "-"
