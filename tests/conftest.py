@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 from hypothesis import settings
 
 from tests.support import sink, start_relay
@@ -13,3 +14,11 @@ settings.register_profile("explore", derandomize=False, print_blob=True)
 settings.load_profile(os.environ.get("RELAY_HYPOTHESIS_PROFILE", "repeatable"))
 
 __all__ = ["sink", "start_relay"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--regen-schema",
+        action="store_true",
+        help="rewrite tests/store_contract/schema/*.txt from what the migrations build",
+    )
