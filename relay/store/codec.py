@@ -22,7 +22,7 @@ def filter_to_json(where: EventFilter) -> str:
         "until": where.until,
         "originals_only": where.originals_only,
     }
-    return orjson.dumps({k: v for k, v in doc.items() if v not in (None, False)}).decode()
+    return orjson.dumps({k: v for k, v in doc.items() if v is not None and v is not False}).decode()
 
 
 def filter_from_json(text: str | None) -> EventFilter:
