@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 
@@ -23,7 +24,9 @@ from relay.model import (
     RawRequest,
     new_id,
 )
-from relay.store import Store
+from relay.store import Signal, SignalKind, Store
+from relay.store.base import ANY
+from tests.support import wait_until
 
 FORM = "application/x-www-form-urlencoded"
 BODY = b"type=subscribe&fired_at=2009-03-26+21%3A35%3A57&data%5Bemail%5D=ann%40example.com"
@@ -33,6 +36,8 @@ LEASE = 60.0
 SHORT = 0.2
 
 DELIVERED = Decision(DeliveryState.DELIVERED)
+# Signals may travel through the database (PostgreSQL NOTIFY): a generous deadline, polled.
+ARRIVAL = 5.0
 
 
 def raw_request(
@@ -154,3 +159,52 @@ async def all_events(store: Store, page: int = 1000) -> list[EventRecord]:
 
 def ids(records: Sequence[EventRecord]) -> list[str]:
     return [r.id for r in records]
+
+
+class Heard:
+    """Every signal a store gives its subscribers, and whether what a DUE announced was visible
+    in the store by the time it was heard (signals come after commit).
+
+    Signals may arrive late and more than once (a NOTIFY echoed back to the store that sent
+    it, after the store's own), so tests only rule out signals no commit could have caused. A
+    store that may have missed notifications (its listening connection was just made) says
+    so with a signal named ANY instead, which ``wait_for(..., or_any=True)`` accepts.
+    """
+
+    def __init__(self, store: Store, *, check_due: bool = True) -> None:
+        self.store = store
+        self.check_due = check_due
+        self.signals: list[Signal] = []
+        self.checks: list[asyncio.Task[tuple[Signal, bool]]] = []
+        store.signals.subscribe(self.on_signal)
+
+    def on_signal(self, signal: Signal) -> None:
+        self.signals.append(signal)
+        # ANY says "anything may have changed", not that something is due.
+        if self.check_due and signal.kind is SignalKind.DUE and signal.name != ANY:
+            self.checks.append(asyncio.get_running_loop().create_task(self._due_now(signal)))
+
+    async def _due_now(self, signal: Signal) -> tuple[Signal, bool]:
+        due = await self.store.due_in(signal.name)
+        return signal, due is not None and due <= 0
+
+    def mark(self) -> int:
+        """A place in what was heard, for ``wait_for(since=...)``."""
+        return len(self.signals)
+
+    async def wait_for(
+        self, kind: SignalKind, name: str, *, since: int = 0, or_any: bool = False
+    ) -> None:
+        wanted = {Signal(kind, name), Signal(kind, ANY)} if or_any else {Signal(kind, name)}
+        await wait_until(
+            lambda: not wanted.isdisjoint(self.signals[since:]),
+            timeout=ARRIVAL,
+            what=f"{kind} {name}",
+        )
+
+    def names(self, kind: SignalKind) -> set[str]:
+        return {s.name for s in self.signals if s.kind is kind}
+
+    async def announced_too_early(self) -> list[Signal]:
+        """The DUE signals heard before what they announced was visible (none, rightly)."""
+        return [signal for signal, visible in await asyncio.gather(*self.checks) if not visible]
