@@ -22,6 +22,7 @@ import abc
 import contextlib
 import importlib.util
 import os
+import re
 import secrets
 import sqlite3
 import time
@@ -210,6 +211,9 @@ class SqliteBackend(Backend):
         return sqlite_schema(self.path)
 
 
+COMMENT = re.compile(r"--[^\n]*")
+
+
 def sqlite_schema(path: Path) -> str:
     """Every table, index and trigger as SQLite keeps its text, sorted; and the version."""
     with contextlib.closing(sqlite3.connect(path)) as conn:
@@ -219,7 +223,10 @@ def sqlite_schema(path: Path) -> str:
             " AND name NOT LIKE 'sqlite_%' ORDER BY type, name"
         ).fetchall()
     lines = [f"user_version {version}"]
-    lines += [f"{kind} {name}:\n{' '.join(sql.split())}" for kind, name, sql in rows]
+    # Comments in a CREATE statement are kept by SQLite; they are not schema.
+    lines += [
+        f"{kind} {name}:\n{' '.join(COMMENT.sub('', sql).split())}" for kind, name, sql in rows
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -299,7 +306,7 @@ async def postgres_schema(conn: asyncpg.Connection) -> str:
     ):
         lines.append(f"constraint {r[0]}.{r[1]}: {r[2]}")
     for r in await conn.fetch(
-        "SELECT p.proname, p.provolatile, pg_get_functiondef(p.oid) FROM pg_proc p"
+        "SELECT p.proname, p.provolatile::text, pg_get_functiondef(p.oid) FROM pg_proc p"
         " JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public'"
     ):
         lines.append(f"function {r[0]} volatile={r[1]}: {' '.join(r[2].split())}")
