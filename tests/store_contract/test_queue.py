@@ -210,23 +210,28 @@ async def test_a_retry_waits_until_its_time(store: Store) -> None:
     assert 58 < due_in <= 60
 
 
-async def test_a_dead_delivery_keeps_the_error_the_rules_choose(store: Store) -> None:
+async def test_a_delivery_keeps_the_error_the_rules_choose(store: Store) -> None:
+    dead = DeliveryState.DEAD
     cases = [
-        (attempt(500), Decision(DeliveryState.DEAD, reason="gave up after 5 attempts")),
-        (attempt(410), Decision(DeliveryState.DEAD)),
-        (attempt(None, error="connection refused"), Decision(DeliveryState.DEAD)),
-        (attempt(None, outcome=AttemptOutcome.TIMEOUT), Decision(DeliveryState.DEAD)),
-        (attempt(None, error="timed out after 2s"), Decision(DeliveryState.DEAD, reason="too old")),
-        (attempt(502, error="bad gateway"), retry_at(0.0)),
+        (
+            attempt(500),
+            Decision(dead, reason="gave up after 5 attempts"),
+            "gave up after 5 attempts",
+        ),
+        (attempt(410), Decision(dead), "HTTP 410"),
+        (attempt(None, error="connection refused"), Decision(dead), "connection refused"),
+        (attempt(None, outcome=AttemptOutcome.TIMEOUT), Decision(dead), None),
+        (attempt(None, error="timed out after 2s"), Decision(dead, reason="too old"), "too old"),
+        (attempt(502, error="bad gateway"), retry_at(0.0), "bad gateway"),
+        (attempt(200), DELIVERED, None),
     ]
     made = [await ingest_one(store, "crm") for _ in cases]
     claimed = {c.event_id: c for c in await claim_all(store, "crm")}
-    for event_id, (result, decision) in zip(made, cases, strict=True):
+    for event_id, (result, decision, error) in zip(made, cases, strict=True):
+        assert error == recorded_error(result, decision)  # the rule, applied by every backend
         assert await store.complete(claimed[event_id], result, decision)
         d = await delivery_of(store, event_id)
-        assert (d.state, d.last_status, d.last_error) == (
-            decision.state, result.status, recorded_error(result, decision),
-        )  # fmt: skip
+        assert (d.state, d.last_status, d.last_error) == (decision.state, result.status, error)
 
 
 async def test_an_attempt_that_outlived_its_lease_is_recorded_but_decides_nothing(
