@@ -7,7 +7,7 @@ it (see backends.py); nothing is skipped quietly.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,9 +17,13 @@ from tests.store_contract.backends import (
     BACKENDS,
     POSTGRES_NOT_BUILT,
     Backend,
+    create_database,
+    drop_database,
+    fresh_schema,
     postgres_backend_available,
-    require_postgres,
-    scratch_database,
+    postgres_problem,
+    refuse,
+    run_apart,
 )
 
 
@@ -38,23 +42,30 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("backend", params, indirect=True)
 
 
+@pytest.fixture(scope="module")
+def postgres_database() -> Iterator[str]:
+    """A database for this module's PostgreSQL tests, dropped after them; its URL."""
+    refuse(run_apart(postgres_problem()))
+    database = run_apart(create_database())
+    try:
+        yield database
+    finally:
+        run_apart(drop_database(database))
+
+
 @pytest.fixture
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     kind = BACKENDS[request.param]
     if request.param == "sqlite":
-        chosen = kind(f"sqlite:///{tmp_path / 'relay.db'}")
-        try:
-            yield chosen
-        finally:
-            await chosen.close_all()
-        return
-    await require_postgres()
-    async with scratch_database() as url:
-        chosen = kind(url)
-        try:
-            yield chosen
-        finally:
-            await chosen.close_all()
+        url = f"sqlite:///{tmp_path / 'relay.db'}"
+    else:
+        url = request.getfixturevalue("postgres_database")
+        await fresh_schema(url)
+    chosen = kind(url)
+    try:
+        yield chosen
+    finally:
+        await chosen.close_all()
 
 
 @pytest.fixture
