@@ -15,6 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from relay.config import redact_url
+
 ADMIN_URL = os.environ.get(
     "RELAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
@@ -29,7 +31,10 @@ async def _admin(admin_url: str) -> asyncpg.Connection:
     try:
         return await asyncpg.connect(admin_url, timeout=5)
     except (OSError, asyncpg.PostgresError) as exc:
-        reason = f"PostgreSQL at {admin_url} unreachable ({exc}); set RELAY_TEST_POSTGRES_URL"
+        reason = (
+            f"PostgreSQL at {redact_url(admin_url)} unreachable ({exc}); start it (.ci/run does)"
+            " or set RELAY_TEST_POSTGRES_URL"
+        )
         if os.environ.get("CI") or os.environ.get("RELAY_REQUIRE_POSTGRES") == "1":
             pytest.fail(reason)
         pytest.skip(reason)

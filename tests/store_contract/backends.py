@@ -1,16 +1,17 @@
 """The storage backends every store contract test runs against, and the databases it makes.
 
-``sqlite`` gets a file in the test's tmp_path. ``postgresql`` gets a database of its own per test
-module, ``relay_test_<random hex>``, created on ``RELAY_TEST_POSTGRES_URL`` (default
-``postgresql://postgres@127.0.0.1:5432/postgres``) and dropped after the module, also when its
-tests fail; each test starts on a fresh ``public`` schema in it, with every other session of that
-database ended (so no listener, lock or lease of an earlier test is left). Measured on the 2-core
-CI machine: CREATE DATABASE costs ~40 ms idle but 150-700 ms while other test runs load it,
-where ending the sessions and recreating the schema costs ~30 ms; the store's migrations run
-at open either way.
+``sqlite`` gets a file in the test's tmp_path. ``postgresql`` gets one database for the run
+(tests/pg.py: ``relay_test_<hex>`` on ``RELAY_TEST_POSTGRES_URL``, dropped at the end also when
+tests fail; an unreachable server fails the run in CI or with RELAY_REQUIRE_POSTGRES=1 and skips
+with its reason elsewhere). The first test migrates it by opening a store and keeps the rows
+the migrations wrote; every later test starts from that state again: every other session of
+the database ended (no listener, lock or lease of an earlier test is left), every table
+emptied, every sequence restarted, the migrations' rows put back.
 
-PostgreSQL never skips silently: when the server is unreachable the tests fail if ``CI`` is set
-or ``RELAY_REQUIRE_POSTGRES=1``, and skip with the reason otherwise.
+Why not a database per test or per module: measured on the 2-core CI machine while other test
+runs loaded it, CREATE DATABASE took 150-700 ms (40 ms idle) and migrating it at open 250-450
+ms, where the reset takes ~25 ms. A test that needs an empty database (the migrations test)
+asks for one with ``await backend.make_empty()``.
 
 Each backend also has a few raw helpers, for the states the Store interface cannot make or show
 (an event deleted behind a delivery's back, the rows left after a prune, the schema itself);
@@ -22,146 +23,119 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-import importlib.util
-import os
 import re
-import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import pytest
 
 from relay.config import StorageConfig
 from relay.store import Store, create_store
 
 T = TypeVar("T")
-POSTGRES_URL = os.environ.get(
-    "RELAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 # What a backend can do beyond the common contract; a test that needs one says so with
 # @pytest.mark.capability(NAME) and runs only on the backends that have it.
 CROSS_PROCESS_SIGNALS = "cross_process_signals"
 # The tables every backend keeps (same names, same meaning), counted after a prune.
 TABLES = ("requests", "events", "deliveries", "attempts", "dedup")
-
-
-def postgres_backend_available() -> bool:
-    """Whether relay has a PostgreSQL backend yet.
-
-    The one gate of the PostgreSQL param while the backend is being written: delete this
-    function and its use in conftest.py when relay/store/postgres is merged.
-    """
-    return importlib.util.find_spec("relay.store.postgres") is not None
-
-
-POSTGRES_NOT_BUILT = (
-    "PostgreSQL backend not merged yet: relay.store.postgres is missing "
-    "(gate: tests/store_contract/backends.py postgres_backend_available)"
-)
-
-
-def postgres_required() -> bool:
-    return bool(os.environ.get("CI")) or os.environ.get("RELAY_REQUIRE_POSTGRES") == "1"
-
-
-def masked(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def database_url(url: str, name: str) -> str:
-    """``url`` with its database replaced by ``name``."""
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
-_reachable: dict[str, str | None] = {}
-
-
-async def postgres_problem(url: str = POSTGRES_URL) -> str | None:
-    """Why the PostgreSQL server cannot be used (None when it can); asked once per run."""
-    if url not in _reachable:
-        try:
-            conn = await asyncpg.connect(url, timeout=3.0)
-            await conn.close()
-            _reachable[url] = None
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            _reachable[url] = (
-                f"PostgreSQL unreachable at {masked(url)} ({type(exc).__name__}: {exc}); "
-                "start it (.ci/run does) or point RELAY_TEST_POSTGRES_URL at one"
-            )
-    return _reachable[url]
-
-
-async def require_postgres(url: str = POSTGRES_URL) -> None:
-    """Fail (in CI, or with RELAY_REQUIRE_POSTGRES=1) or skip loudly when PostgreSQL is down."""
-    refuse(await postgres_problem(url))
-
-
-def refuse(problem: str | None) -> None:
-    if problem is None:
-        return
-    if postgres_required():
-        pytest.fail(f"{problem} [required: CI or RELAY_REQUIRE_POSTGRES=1]", pytrace=False)
-    pytest.skip(f"SKIPPED POSTGRESQL TESTS: {problem}")
-
-
-async def create_database(url: str = POSTGRES_URL) -> str:
-    """A new, empty database on the server of ``url``; its URL."""
-    name = f"relay_test_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(url, timeout=5.0)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return database_url(url, name)
-
-
-async def drop_database(database: str, url: str = POSTGRES_URL) -> None:
-    name = urlsplit(database).path.lstrip("/")
-    admin = await asyncpg.connect(url, timeout=5.0)
-    try:
-        # FORCE: a store the test left open (or a failed close) must not keep it alive.
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
-@contextlib.asynccontextmanager
-async def scratch_database(url: str = POSTGRES_URL) -> AsyncIterator[str]:
-    """A new, empty database on the server of ``url``, dropped on the way out; its URL."""
-    database = await create_database(url)
-    try:
-        yield database
-    finally:
-        await drop_database(database, url)
-
-
-async def fresh_schema(database: str) -> None:
-    """Make ``database`` as good as new: no other session, an empty ``public`` schema."""
-    conn = await asyncpg.connect(database, timeout=5.0)
-    try:
-        await conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-        await conn.execute("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public")
-    finally:
-        await conn.close()
+# Where a PostgreSQL test database keeps the rows its migrations wrote, to put them back.
+SEED = "relay_test_seed"
 
 
 def run_apart(work: Coroutine[Any, Any, T]) -> T:
     """Run ``work`` to the end on an event loop of its own (for module-scoped setup)."""
     with ThreadPoolExecutor(max_workers=1) as thread:
         return thread.submit(asyncio.run, work).result()
+
+
+_OTHER_SESSIONS = (
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+)
+
+
+@dataclass
+class PostgresDatabase:
+    """The suite's PostgreSQL database, and how to make it as new for each test."""
+
+    url: str
+    reset_sql: str | None = field(default=None, repr=False)
+
+    async def _run(self, sql: str) -> None:
+        conn = await asyncpg.connect(self.url, timeout=5.0)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    async def make_empty(self) -> None:
+        """No other session, no schema: as CREATE DATABASE made it."""
+        await self._run(
+            f"{_OTHER_SESSIONS}; DROP SCHEMA IF EXISTS {SEED} CASCADE;"
+            " DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public"
+        )
+        self.reset_sql = None
+
+    async def ready(self) -> None:
+        """Migrated, with nothing of an earlier test left."""
+        if self.reset_sql is not None:
+            await self._run(self.reset_sql)
+            return
+        await self.make_empty()
+        store = create_store(StorageConfig(url=self.url))
+        await store.open()
+        await store.close()
+        conn = await asyncpg.connect(self.url, timeout=5.0)
+        try:
+            tables = [r[0] for r in await conn.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            )]  # fmt: skip
+            references = [(r[0], r[1]) for r in await conn.fetch(
+                "SELECT conrelid::regclass::text, confrelid::regclass::text FROM pg_constraint"
+                " WHERE contype = 'f' AND connamespace = 'public'::regnamespace"
+            )]  # fmt: skip
+            sequences = [(r[0], r[1]) for r in await conn.fetch(
+                "SELECT sequencename, start_value FROM pg_sequences WHERE schemaname = 'public'"
+            )]  # fmt: skip
+            seeded = [t for t in tables if await conn.fetchval(f'SELECT count(*) FROM "{t}"')]
+            await conn.execute(f"CREATE SCHEMA {SEED}")
+            for table in seeded:
+                await conn.execute(f'CREATE TABLE {SEED}."{table}" AS TABLE public."{table}"')
+        finally:
+            await conn.close()
+        # DELETE, not TRUNCATE: these tables hold a few rows, and TRUNCATE makes new files for
+        # every table and index (150-350 ms on a loaded machine, against a few ms). Referencing
+        # tables go first; the reset need not be durable.
+        statements = [
+            _OTHER_SESSIONS,
+            "BEGIN",
+            "SET LOCAL synchronous_commit = off",
+            *(f'DELETE FROM public."{t}"' for t in referencing_first(tables, references)),
+            *(f"SELECT setval('public.\"{name}\"', {start}, false)" for name, start in sequences),
+            *(
+                f'INSERT INTO public."{t}" OVERRIDING SYSTEM VALUE SELECT * FROM {SEED}."{t}"'
+                for t in seeded
+            ),
+            "COMMIT",
+        ]
+        self.reset_sql = ";\n".join(statements)
+
+
+def referencing_first(tables: list[str], references: list[tuple[str, str]]) -> list[str]:
+    """``tables`` ordered so that each comes before every table it references."""
+    ordered: list[str] = []
+    left = sorted(tables)
+    while left:
+        free = [t for t in left if not any(r == t and c in left for c, r in references if c != t)]
+        assert free, f"foreign keys in a cycle among {left}"
+        ordered += free
+        left = [t for t in left if t not in free]
+    return ordered
 
 
 class Backend(abc.ABC):
@@ -180,6 +154,10 @@ class Backend(abc.ABC):
         await store.open()
         self._stores.append(store)
         return store
+
+    @abc.abstractmethod
+    async def make_empty(self) -> None:
+        """Start from a database no store has opened yet (the migrations test)."""
 
     async def close(self, store: Store) -> None:
         self._stores.remove(store)
@@ -229,6 +207,11 @@ class SqliteBackend(Backend):
         with contextlib.closing(sqlite3.connect(self.path, timeout=5.0)) as conn, conn:
             return conn.execute(sql, params).fetchall()
 
+    async def make_empty(self) -> None:
+        assert not self._stores, "make_empty before opening a store"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+
     async def reference_clock(self) -> float:
         return time.time()
 
@@ -270,6 +253,13 @@ def sqlite_schema(path: Path) -> str:
 class PostgresBackend(Backend):
     name = "postgresql"
     capabilities = frozenset({CROSS_PROCESS_SIGNALS})
+
+    def __init__(self, database: PostgresDatabase) -> None:
+        super().__init__(database.url)
+        self.database = database
+
+    async def make_empty(self) -> None:
+        await self.database.make_empty()
 
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         conn = await asyncpg.connect(self.url, timeout=5.0)

@@ -13,16 +13,13 @@ from pathlib import Path
 import pytest
 
 from relay.store import Store
+from tests.pg import create_database, drop_database
 from tests.store_contract.backends import (
     BACKENDS,
-    POSTGRES_NOT_BUILT,
     Backend,
-    create_database,
-    drop_database,
-    fresh_schema,
-    postgres_backend_available,
-    postgres_problem,
-    refuse,
+    PostgresBackend,
+    PostgresDatabase,
+    SqliteBackend,
     run_apart,
 )
 
@@ -31,37 +28,29 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" not in metafunc.fixturenames:
         return
     needed = {m.args[0] for m in metafunc.definition.iter_markers("capability")}
-    params = []
-    for name, kind in BACKENDS.items():
-        if not needed <= kind.capabilities:
-            continue
-        marks = []
-        if name == "postgresql" and not postgres_backend_available():
-            marks.append(pytest.mark.skip(reason=POSTGRES_NOT_BUILT))
-        params.append(pytest.param(name, marks=marks, id=name))
-    metafunc.parametrize("backend", params, indirect=True)
+    names = [name for name, kind in BACKENDS.items() if needed <= kind.capabilities]
+    metafunc.parametrize("backend", names, indirect=True)
 
 
-@pytest.fixture(scope="module")
-def postgres_database() -> Iterator[str]:
-    """A database for this module's PostgreSQL tests, dropped after them; its URL."""
-    refuse(run_apart(postgres_problem()))
-    database = run_apart(create_database())
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[PostgresDatabase]:
+    """The suite's PostgreSQL database, dropped after the run; made as new for each test."""
+    url = run_apart(create_database())
     try:
-        yield database
+        yield PostgresDatabase(url)
     finally:
-        run_apart(drop_database(database))
+        run_apart(drop_database(url))
 
 
 @pytest.fixture
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    kind = BACKENDS[request.param]
+    chosen: Backend
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'relay.db'}"
+        chosen = SqliteBackend(f"sqlite:///{tmp_path / 'relay.db'}")
     else:
-        url = request.getfixturevalue("postgres_database")
-        await fresh_schema(url)
-    chosen = kind(url)
+        database: PostgresDatabase = request.getfixturevalue("postgres_database")
+        await database.ready()
+        chosen = PostgresBackend(database)
     try:
         yield chosen
     finally:

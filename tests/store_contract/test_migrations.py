@@ -27,6 +27,7 @@ SNAPSHOTS = Path(__file__).parent / "schema"
 async def test_the_migrations_build_the_schema_in_the_snapshot(
     backend: Backend, request: pytest.FixtureRequest
 ) -> None:
+    await backend.make_empty()
     store = await backend.open()
     built = await backend.schema_dump()
     snapshot = SNAPSHOTS / f"{backend.name}.txt"

@@ -1,68 +1,53 @@
-"""The suite's own PostgreSQL databases: made fresh for a test, dropped after it whatever happens.
-
-These run whether or not relay has a PostgreSQL backend yet: they test the fixture itself.
-"""
+"""The suite's own PostgreSQL databases: made for a module, as new for each test, dropped after."""
 
 from __future__ import annotations
 
 import asyncpg
-import pytest
 
-from tests.store_contract.backends import (
-    POSTGRES_URL,
-    database_url,
-    masked,
-    require_postgres,
-    scratch_database,
-)
+from relay.model import EventFilter
+from tests.pg import ADMIN_URL, create_database, drop_database
+from tests.store_contract.backends import TABLES, PostgresBackend, PostgresDatabase
+from tests.store_contract.kit import ingest_one, new_event, raw_request
 
 
-async def exists(name: str) -> bool:
-    conn = await asyncpg.connect(POSTGRES_URL, timeout=5.0)
+async def exists(url: str) -> bool:
+    name = url.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(ADMIN_URL, timeout=5.0)
     try:
         return bool(await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name))
     finally:
         await conn.close()
 
 
-async def test_a_scratch_database_is_empty_while_in_use_and_dropped_afterwards() -> None:
-    await require_postgres()
-    async with scratch_database() as url:
-        name = url.rsplit("/", 1)[1]
-        assert name.startswith("relay_test_")
-        conn = await asyncpg.connect(url, timeout=5.0)
-        try:
-            assert await conn.fetchval("SELECT current_database()") == name
-            tables = "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
-            assert await conn.fetchval(tables) == 0
-        finally:
-            await conn.close()
-    assert not await exists(name)
+async def test_a_test_database_is_made_empty_and_dropped_with_a_connection_left_open() -> None:
+    url = await create_database()
+    try:
+        assert url.rsplit("/", 1)[1].startswith("relay_test_")
+        leaked = await asyncpg.connect(url, timeout=5.0)
+        tables = "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        assert await leaked.fetchval(tables) == 0
+    finally:
+        await drop_database(url)
+    assert not await exists(url)
+    leaked.terminate()
 
 
-async def test_a_scratch_database_is_dropped_when_its_test_fails_with_a_connection_open() -> None:
-    await require_postgres()
-    made: list[str] = []
-    leaked: list[asyncpg.Connection] = []
+async def test_each_test_starts_on_a_migrated_database_with_nothing_of_the_last(
+    postgres_database: PostgresDatabase,
+) -> None:
+    await postgres_database.ready()
+    backend = PostgresBackend(postgres_database)
+    # Left open, as by a test that failed before closing it.
+    earlier = await backend.open()
+    await ingest_one(earlier, "crm", dedup_key="k")
+    await earlier.pause_destination("crm")
 
-    async def failing_test() -> None:
-        async with scratch_database() as url:
-            made.append(url.rsplit("/", 1)[1])
-            leaked.append(await asyncpg.connect(url, timeout=5.0))
-            raise RuntimeError("the test failed")
-
-    with pytest.raises(RuntimeError, match="the test failed"):
-        await failing_test()
-    assert not await exists(made[0])
-    leaked[0].terminate()
-
-
-def test_urls_name_the_scratch_database_and_hide_passwords() -> None:
-    assert database_url("postgresql://u:pw@h:5432/postgres?sslmode=disable", "relay_test_1") == (
-        "postgresql://u:pw@h:5432/relay_test_1?sslmode=disable"
-    )
-    assert masked("postgresql://u:pw@h:5432/postgres") == "postgresql://u:***@h:5432/postgres"
-    assert (
-        masked("postgresql://postgres@127.0.0.1/postgres")
-        == "postgresql://postgres@127.0.0.1/postgres"
-    )
+    await postgres_database.ready()
+    assert await backend.table_counts() == dict.fromkeys(TABLES, 0)
+    store = await backend.open()
+    assert await store.count_events(EventFilter()) == 0
+    assert await store.paused_destinations() == frozenset()
+    result = await store.ingest(raw_request(), [new_event("crm", dedup_key="k")])
+    assert result.duplicates == {}
+    assert len(await store.claim("crm", 10, 60.0)) == 1
+    await backend.close_all()
