@@ -142,7 +142,8 @@ class DeliveryQueue(abc.ABC):
 
     @abc.abstractmethod
     async def claim(self, destination: str, limit: int, lease: float) -> list[ClaimedDelivery]:
-        """Lease up to ``limit`` due deliveries of ``destination`` for ``lease`` seconds.
+        """Lease up to ``limit`` due deliveries of ``destination`` for ``lease`` seconds, the
+        earliest due first, and return them in that order.
 
         Nothing is claimed while the destination is paused. A delivery whose event is no longer
         stored is marked dead instead of being returned. A delivering one whose lease ran out is

@@ -109,17 +109,7 @@ async def test_a_claim_takes_the_earliest_due_first(store: Store) -> None:
     assert one_at_a_time == sorted(made, key=due_at.__getitem__)
 
 
-async def test_a_claim_lists_what_it_took_in_due_order(
-    store: Store, backend: Backend, request: pytest.FixtureRequest
-) -> None:
-    if backend.name == "sqlite":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="SqliteStore returns a claim by id: its detail query orders by "
-                "next_attempt_at after the claim has set it to the lease end for all of them",
-            )
-        )
+async def test_a_claim_lists_what_it_took_in_due_order(store: Store) -> None:
     made = [await ingest_one(store, "crm") for _ in range(4)]
     now = await store.now()
     due_at = {made[0]: now - 2, made[1]: now - 4, made[2]: now - 1, made[3]: now - 3}

@@ -143,6 +143,9 @@ class PostgresArchive:
             )  # fmt: skip
             if owner is None:
                 await conn.execute(Q["notify"], CHANNEL, f"replay:{replay_id}")
+        if owner is None:
+            # This process's runner hears it now, whatever state its listener is in.
+            self.signals.emit(Signal(SignalKind.REPLAY, str(replay_id)))
         return replay_id
 
     async def claim_replay(self, owner: str, lease: float) -> ReplayRecord | None:
@@ -195,6 +198,7 @@ class PostgresArchive:
         async with self._transaction() as conn:
             await conn.execute(Q["release_replay"], replay_id, owner)
             await conn.execute(Q["notify"], CHANNEL, f"replay:{replay_id}")
+        self.signals.emit(Signal(SignalKind.REPLAY, str(replay_id)))
 
     # -- pause, leases, retention --------------------------------------------------------------
 

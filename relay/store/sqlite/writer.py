@@ -52,15 +52,18 @@ _INSERT_DELIVERY = (
 # A paused destination is checked here, in the claiming transaction, so a pause made by any
 # process stops every process's claims at once.
 _CLAIM = """
-UPDATE deliveries
-   SET state = 'delivering', attempts = attempts + 1, next_attempt_at = :lease, updated_at = :now
- WHERE id IN (SELECT id FROM deliveries
-               WHERE destination = :destination AND state IN ('pending', 'delivering')
-                 AND next_attempt_at <= :now
-               ORDER BY next_attempt_at LIMIT :limit)
+SELECT id FROM deliveries
+ WHERE destination = :destination AND state IN ('pending', 'delivering')
+   AND next_attempt_at <= :now
    AND NOT EXISTS (SELECT 1 FROM destination_state WHERE name = :destination AND paused = 1)
-RETURNING id
+ ORDER BY next_attempt_at LIMIT :limit
 """
+# Read first, then leased, within one write transaction (nothing else writes meanwhile): the
+# lease overwrites next_attempt_at, and the due order is what the claim hands out.
+_LEASE = (
+    "UPDATE deliveries SET state = 'delivering', attempts = attempts + 1, next_attempt_at = ?,"
+    " updated_at = ? WHERE id IN ({ids})"
+)
 _CLAIMED_DETAIL = """
 SELECT d.id, d.event_id, d.destination, d.attempts, d.replay_id IS NOT NULL,
        e.inbound, e.source, e.type, e.received_at,
@@ -68,7 +71,6 @@ SELECT d.id, d.event_id, d.destination, d.attempts, d.replay_id IS NOT NULL,
        d.created_at
   FROM deliveries d JOIN events e ON e.id = d.event_id JOIN requests r ON r.id = e.request_id
  WHERE d.id IN ({ids})
- ORDER BY d.next_attempt_at, d.id
 """
 _INSERT_ATTEMPT = (
     "INSERT INTO attempts (delivery_id, number, started_at, duration, outcome, status, error,"
@@ -319,23 +321,20 @@ def _write_completes(conn: sqlite3.Connection, ops: Sequence[CompleteOp]) -> lis
 
 
 def _claim(conn: sqlite3.Connection, op: ClaimOp, now: float) -> list[ClaimedDelivery]:
-    params = {
-        "destination": op.destination,
-        "now": now,
-        "lease": now + op.lease,
-        "limit": op.limit,
-    }
+    params = {"destination": op.destination, "now": now, "limit": op.limit}
     ids = [int(r[0]) for r in conn.execute(_CLAIM, params).fetchall()]
     if not ids:
         return []
-    detail = conn.execute(_CLAIMED_DETAIL.format(ids=",".join("?" * len(ids))), ids)
+    marks = ",".join("?" * len(ids))
+    conn.execute(_LEASE.format(ids=marks), (now + op.lease, now, *ids))
+    detail = {row[0]: row for row in conn.execute(_CLAIMED_DETAIL.format(ids=marks), ids)}
     claimed = [
         ClaimedDelivery(
             id=row[0], event_id=row[1], destination=row[2], attempt=row[3], replay=bool(row[4]),
             inbound=row[5], source=row[6], type=row[7], received_at=row[8], body=bytes(row[9]),
             content_type=row[10], fired_at=row[11], created_at=row[12], claimed_at=now,
         )
-        for row in detail
+        for row in (detail[i] for i in ids if i in detail)
     ]  # fmt: skip
     if len(claimed) < len(ids):
         # A delivery whose event is gone can never be sent; left leased it would be claimed
