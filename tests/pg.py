@@ -67,3 +67,10 @@ async def pg_url() -> AsyncIterator[str]:
         yield url
     finally:
         await drop_database(url)
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` for its user (trust auth ignores it; output must not show it)."""
+    parts = urlsplit(url)
+    user, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{user.split(':')[0]}:{password}@{host}"))

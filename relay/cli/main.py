@@ -19,6 +19,7 @@ from aiohttp import web
 
 from relay import __version__
 from relay.cli.admin_parser import add_admin_commands
+from relay.cli.storage import add_storage_commands
 from relay.cli.store_lock import StoreLockError, acquire_store_lock
 from relay.config import ConfigError, Settings, load_config
 from relay.config.checks import parse_listen
@@ -226,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     sink.set_defaults(func=cmd_sink)
 
     add_admin_commands(sub)
+    add_storage_commands(sub, _load_or_report)
     return parser
 
 

@@ -6,11 +6,14 @@ import logging
 
 import asyncpg
 
+from relay.config import StorageConfig, redact_url
 from relay.store.base import StoreError
-from relay.store.postgres.connect import lock_key
+from relay.store.postgres.connect import STORE_ERRORS, connect_kwargs, lock_key, store_error
 from relay.store.sqlfile import migrations
 
 log = logging.getLogger("relay.store")
+
+PACKAGE = "relay.store.postgres"
 
 _BOOKKEEPING = (
     "CREATE TABLE IF NOT EXISTS relay_migrations (version integer PRIMARY KEY,"
@@ -26,7 +29,7 @@ async def migrate(conn: asyncpg.Connection) -> int:
     would let a process use a half-migrated schema). The bookkeeping table is created under the
     lock too: CREATE TABLE IF NOT EXISTS is not safe against itself.
     """
-    scripts = migrations("relay.store.postgres")
+    scripts = migrations(PACKAGE)
     applied = 0
     for version, script in scripts:
         async with conn.transaction():
@@ -48,3 +51,37 @@ async def migrate(conn: asyncpg.Connection) -> int:
             " upgrade relay"
         )
     return applied
+
+
+def latest_version() -> int:
+    """The schema version this relay's migrations build."""
+    scripts = migrations(PACKAGE)
+    return scripts[-1][0] if scripts else 0
+
+
+async def schema_version(conn: asyncpg.Connection) -> int:
+    """The newest migration applied to the database; 0 for a database relay never used."""
+    if await conn.fetchval("SELECT to_regclass('relay_migrations')") is None:
+        return 0
+    return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM relay_migrations"))
+
+
+async def migrate_database(config: StorageConfig) -> tuple[int, int]:
+    """Create or upgrade the database of ``config``: (migrations applied, schema version)."""
+    kwargs = connect_kwargs(config, "migrate")
+    # A migration may rewrite a large table: no client-side limit on how long a statement takes
+    # (each migration lifts the server's statement_timeout for itself).
+    kwargs["command_timeout"] = None
+    where = redact_url(config.url)
+    try:
+        conn = await asyncpg.connect(**kwargs)
+    except STORE_ERRORS as exc:
+        raise StoreError(f"cannot open PostgreSQL database {where}: {store_error(exc)}") from None
+    try:
+        applied = await migrate(conn)
+        return applied, await schema_version(conn)
+    except STORE_ERRORS as exc:
+        reason = store_error(exc)
+        raise StoreError(f"cannot migrate PostgreSQL database {where}: {reason}") from None
+    finally:
+        await conn.close()

@@ -44,8 +44,8 @@ from relay.store.rows import (
     event_record,
     request_record,
 )
-from relay.store.sqlfile import migrations
 from relay.store.sqlite.admin import SqliteAdminMixin
+from relay.store.sqlite.migrate import migrate
 from relay.store.sqlite.writer import (
     CallOp,
     ClaimOp,
@@ -338,14 +338,3 @@ class SqliteStore(SqliteAdminMixin, Store):
             payload_content_type=row[14] if row[14] is not None else request.content_type,
             deliveries=tuple(delivery_record(d, tuple(attempts.get(d[0], ()))) for d in deliveries),
         )
-
-
-def migrate(conn: sqlite3.Connection) -> None:
-    """Apply the migrations newer than the database's ``user_version``, each atomically."""
-    current = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    for version, script in migrations("relay.store.sqlite"):
-        if version <= current:
-            continue
-        log.info("applying schema migration %04d", version)
-        # The version bump is inside the script's transaction: a crash leaves it unapplied.
-        conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;")
