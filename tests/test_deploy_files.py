@@ -18,6 +18,7 @@ import tomllib
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -716,3 +717,355 @@ def test_readme_writes_the_relay_command_one_way_and_says_how_to_run_and_stop_it
     assert "`make run` installs the `relay` command into `.venv/bin`" in readme
     assert "make run CONFIG=" in readme
     assert "Ctrl-C" in readme
+
+
+# --- PostgreSQL: compose with a load balancer, Kubernetes Deployment -------------------------
+
+COMPOSE_POSTGRES = DEPLOY / "docker-compose.postgres.yml"
+POSTGRES_CONTAINER_CONFIG = DEPLOY / "relay.postgres.toml"
+HAPROXY = DEPLOY / "haproxy" / "haproxy.cfg"
+KUBERNETES_POSTGRES = KUBERNETES / "postgresql"
+CONFIG_PATH = "/etc/relay/relay.toml"
+
+
+def _compose_postgres() -> dict[str, Any]:
+    compose: dict[str, Any] = _load_yaml(COMPOSE_POSTGRES)
+    return compose
+
+
+def _compose_relays() -> dict[str, dict[str, Any]]:
+    """The services that run `relay serve`."""
+    return {
+        name: service
+        for name, service in _compose_postgres()["services"].items()
+        if service.get("command", [""])[0] == "serve"
+    }
+
+
+def _haproxy_sections() -> dict[str, list[str]]:
+    """'backend relays' -> its lines, comments dropped."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] = []
+    for raw in HAPROXY.read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].rstrip()
+        if not line.strip():
+            continue
+        if not line[0].isspace():
+            current = sections.setdefault(" ".join(line.split()), [])
+        else:
+            current.append(" ".join(line.split()))
+    return sections
+
+
+def _grace(toml_text: str) -> float:
+    server = tomllib.loads(toml_text).get("server", {})
+    return float(server.get("shutdown_grace", 10.0))
+
+
+def _seconds(duration: str) -> int:
+    return int(duration.removesuffix("s"))
+
+
+def test_postgres_compose_bind_mounts_and_the_secret_file_path_are_in_deploy() -> None:
+    compose = _compose_postgres()
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith((".", "/")):
+                assert (COMPOSE_POSTGRES.parent / source).exists(), f"{name}: {source}"
+    secret_file = compose["secrets"]["postgres_password"]["file"]
+    assert (COMPOSE_POSTGRES.parent / secret_file).resolve().is_relative_to(DEPLOY)
+    # Made by the operator, never committed.
+    assert "secrets/" in (DEPLOY / ".gitignore").read_text(encoding="utf-8").splitlines()
+
+
+def test_postgres_compose_runs_relay_migrate_once_before_two_relays_start() -> None:
+    services = _compose_postgres()["services"]
+    migrate = services["migrate"]
+    assert migrate["command"] == ["migrate", "--config", CONFIG_PATH]
+    assert migrate["restart"] == "no"
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert (COMPOSE_POSTGRES.parent / migrate["build"]["context"]).resolve() == ROOT
+    relays = _compose_relays()
+    assert len(relays) >= 2
+    for name, relay in relays.items():
+        assert relay["command"] == ["serve", "--config", CONFIG_PATH], name
+        assert relay["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        assert relay["image"] == migrate["image"] and relay["volumes"] == migrate["volumes"]
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in relay["volumes"]}
+        assert (COMPOSE_POSTGRES.parent / mounts[CONFIG_PATH]).resolve() == (
+            POSTGRES_CONTAINER_CONFIG
+        )
+    assert "healthcheck" in services["postgres"]
+
+
+def test_postgres_compose_load_balancer_routes_to_every_relay_that_passes_readyz() -> None:
+    compose = _compose_postgres()
+    lb = compose["services"]["lb"]
+    assert lb["image"].startswith("haproxy:")
+    assert f"./{HAPROXY.relative_to(DEPLOY)}:/usr/local/etc/haproxy/haproxy.cfg:ro" in lb["volumes"]
+    relays = _compose_relays()
+    assert set(lb["depends_on"]) == set(relays)
+    config = tomllib.loads(POSTGRES_CONTAINER_CONFIG.read_text(encoding="utf-8"))
+    public_port = config["server"]["listen"].rsplit(":", 1)[1]
+    admin_port = config["admin"]["listen"].rsplit(":", 1)[1]
+    sections = _haproxy_sections()
+
+    def backend_of(frontend: str) -> list[str]:
+        (name,) = [
+            line.split()[1] for line in sections[f"frontend {frontend}"]
+            if line.startswith("default_backend")
+        ]  # fmt: skip
+        return sections[f"backend {name}"]
+
+    for frontend, port in (("webhooks", public_port), ("admin", admin_port)):
+        backend = backend_of(frontend)
+        assert "option httpchk GET /readyz" in backend
+        assert "http-check expect status 200" in backend
+        assert any(line.startswith("default-server check ") for line in backend)
+        servers = {line.split()[2] for line in backend if line.startswith("server ")}
+        assert servers == {f"{name}:{port}" for name in relays}, frontend
+    # The public side lets through only what Mailchimp and health checks need; the operator
+    # side is published on the host's loopback only.
+    public = sections["frontend webhooks"]
+    assert any(
+        line.startswith("http-request deny") and "path_beg /hooks/" in line for line in public
+    )
+    assert f"bind :{public_port}" in public and f"bind :{admin_port}" in sections["frontend admin"]
+    assert f"{public_port}:{public_port}" in lb["ports"]
+    assert f"127.0.0.1:{admin_port}:{admin_port}" in lb["ports"]
+
+
+def test_postgres_compose_keeps_the_database_password_in_a_secret_file() -> None:
+    compose = _compose_postgres()
+    config = tomllib.loads(POSTGRES_CONTAINER_CONFIG.read_text(encoding="utf-8"))
+    assert urlsplit(config["storage"]["url"]).password is None
+    password_file = config["storage"]["postgresql"]["password_file"]
+    assert password_file == "/run/secrets/postgres_password"
+    postgres = compose["services"]["postgres"]
+    assert postgres["environment"]["POSTGRES_PASSWORD_FILE"] == password_file
+    for name, service in compose["services"].items():
+        environment = service.get("environment", {})
+        assert not [key for key in environment if "PASSWORD" in key and not key.endswith("_FILE")]
+        for value in environment.values():
+            # Every secret comes from the operator's .env, none is written here.
+            assert (
+                "${" in str(value)
+                or not any(word in str(value).lower() for word in ("secret", "token", "password"))
+                or str(value).startswith("/run/secrets/")
+            ), (name, value)
+        if name in _compose_relays() or name == "migrate":
+            assert service["secrets"] == ["postgres_password"]
+            needed = _env_references(POSTGRES_CONTAINER_CONFIG.read_text(encoding="utf-8"))
+            assert needed <= environment.keys()
+
+
+def test_postgres_compose_gives_relays_longer_than_twice_their_shutdown_grace() -> None:
+    grace = _grace(POSTGRES_CONTAINER_CONFIG.read_text(encoding="utf-8"))
+    for name, relay in _compose_relays().items():
+        assert _seconds(relay["stop_grace_period"]) > 2 * grace, name
+
+
+def _kubernetes_postgres(name: str) -> dict[str, Any]:
+    (document,) = _kubernetes(f"postgresql/{name}")
+    return document
+
+
+def _pod(workload: dict[str, Any]) -> dict[str, Any]:
+    pod: dict[str, Any] = workload["spec"]["template"]["spec"]
+    return pod
+
+
+def _postgres_relay_toml() -> str:
+    text: str = _kubernetes_postgres("configmap.yaml")["data"]["relay.toml"]
+    return text
+
+
+def test_postgres_deployment_runs_several_replicas_spread_over_nodes() -> None:
+    deployment = _kubernetes_postgres("deployment.yaml")
+    spec = deployment["spec"]
+    assert spec["replicas"] >= 2
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pod = _pod(deployment)
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    spread = {c["topologyKey"]: c for c in pod["topologySpreadConstraints"]}
+    assert (
+        spread["kubernetes.io/hostname"]["labelSelector"]["matchLabels"].items() <= labels.items()
+    )
+    (anti,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert anti["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False and pod["enableServiceLinks"] is False
+
+
+@pytest.mark.parametrize("name", ["deployment.yaml", "migrate-job.yaml", "copy-store-job.yaml"])
+def test_postgres_pods_are_hardened(name: str) -> None:
+    pod = _pod(_kubernetes_postgres(name))
+    image_user = [arguments for keyword, arguments in _final_stage() if keyword == "USER"][-1]
+    security = pod["securityContext"]
+    assert f"{security['runAsUser']}:{security['runAsGroup']}" == image_user
+    assert security["seccompProfile"]["type"] == "RuntimeDefault"
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert container["resources"]["limits"]["memory"]
+
+
+def test_every_postgres_relay_container_probes_readyz_and_healthz() -> None:
+    (container,) = _pod(_kubernetes_postgres("deployment.yaml"))["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["args"] == ["serve", "--config", CONFIG_PATH]
+
+
+def test_postgres_pods_get_longer_than_twice_the_shutdown_grace_and_the_prestop_pause() -> None:
+    pod = _pod(_kubernetes_postgres("deployment.yaml"))
+    (container,) = pod["containers"]
+    pause = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    grace = _grace(_postgres_relay_toml())
+    assert pod["terminationGracePeriodSeconds"] > 2 * grace + pause
+
+
+def test_pdb_keeps_all_but_one_replica_of_the_deployment() -> None:
+    pdb = _kubernetes_postgres("pdb.yaml")
+    deployment = _kubernetes_postgres("deployment.yaml")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["maxUnavailable"] == 1 < deployment["spec"]["replicas"]
+
+
+def test_postgres_services_route_to_the_deployment_pods_and_not_to_jobs() -> None:
+    services = {s["metadata"]["name"]: s for s in _kubernetes("postgresql/service.yaml")}
+    assert services.keys() == {"relay", "relay-admin"}
+    deployment = _kubernetes_postgres("deployment.yaml")
+    labels = deployment["spec"]["template"]["metadata"]["labels"].items()
+    (container,) = _pod(deployment)["containers"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    config = tomllib.loads(_postgres_relay_toml())
+    assert ports["http"] == int(config["server"]["listen"].rsplit(":", 1)[1])
+    assert ports["admin"] == int(config["admin"]["listen"].rsplit(":", 1)[1])
+    for name, target in (("relay", "http"), ("relay-admin", "admin")):
+        selector = services[name]["spec"]["selector"].items()
+        assert selector <= labels, name
+        assert services[name]["spec"]["ports"][0]["targetPort"] == target
+        for job in ("migrate-job.yaml", "copy-store-job.yaml"):
+            job_labels = _kubernetes_postgres(job)["spec"]["template"]["metadata"]["labels"]
+            assert not selector <= job_labels.items(), (name, job)
+    # The ServiceMonitor scrapes the operator Service as it does the StatefulSet's.
+    (monitor,) = _kubernetes("servicemonitor.yaml")
+    selector = monitor["spec"]["selector"]["matchLabels"].items()
+    assert [n for n, s in services.items() if selector <= s["metadata"]["labels"].items()] == [
+        "relay-admin"
+    ]
+    assert services["relay-admin"]["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "relay"
+
+
+def test_migrate_job_runs_relay_migrate_with_the_deployments_image_config_and_secrets() -> None:
+    job = _kubernetes_postgres("migrate-job.yaml")
+    deployment = _kubernetes_postgres("deployment.yaml")
+    (migrate,) = _pod(job)["containers"]
+    (relay,) = _pod(deployment)["containers"]
+    assert migrate["args"] == ["migrate", "--config", CONFIG_PATH]
+    assert migrate["image"] == relay["image"]
+    assert migrate["envFrom"] == relay["envFrom"]
+    assert _pod(job)["restartPolicy"] in {"Never", "OnFailure"}
+    assert job["spec"]["backoffLimit"] >= 1
+
+    def mounts(pod: dict[str, Any], container: dict[str, Any]) -> dict[str, Any]:
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        return {
+            m["mountPath"]: {k: v for k, v in volumes[m["name"]].items() if k != "name"}
+            for m in container["volumeMounts"]
+            if m["mountPath"] != "/tmp"
+        }
+
+    assert mounts(_pod(job), migrate) == mounts(_pod(deployment), relay)
+
+
+def test_the_database_password_is_a_mounted_secret_file_never_inline() -> None:
+    config = tomllib.loads(_postgres_relay_toml())
+    assert config["storage"]["url"].startswith("postgresql://")
+    assert urlsplit(config["storage"]["url"]).password is None
+    password_file = Path(config["storage"]["postgresql"]["password_file"])
+    secret = _kubernetes_postgres("secret.example.yaml")
+    assert password_file.name in secret["stringData"]
+    for name in ("deployment.yaml", "migrate-job.yaml", "copy-store-job.yaml"):
+        pod = _pod(_kubernetes_postgres(name))
+        (container,) = pod["containers"]
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        (mount,) = [
+            m for m in container["volumeMounts"] if m["mountPath"] == str(password_file.parent)
+        ]
+        assert volumes[mount["name"]]["secret"]["secretName"] == secret["metadata"]["name"], name
+        assert volumes[mount["name"]]["secret"]["defaultMode"] == 0o440, name
+        assert not [env for env in container.get("env", []) if "PASSWORD" in env["name"]], name
+    (sqlite_secret,) = _kubernetes("secret.example.yaml")
+    assert _env_references(_postgres_relay_toml()) <= sqlite_secret["stringData"].keys()
+
+
+def test_copy_store_job_copies_the_statefulsets_volume_into_the_configured_database() -> None:
+    job = _kubernetes_postgres("copy-store-job.yaml")
+    pod = _pod(job)
+    (container,) = pod["containers"]
+    words = " ".join(container["command"]).split()
+    assert "copy-store" in words
+    source, target = words[words.index("--from") + 1], words[words.index("--to") + 1]
+    (statefulset,) = _kubernetes("statefulset.yaml")
+    (configmap,) = _kubernetes("configmap.yaml")
+    assert source == tomllib.loads(configmap["data"]["relay.toml"])["storage"]["url"]
+    assert target == tomllib.loads(_postgres_relay_toml())["storage"]["url"]
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    data = volumes[mounts["/var/lib/relay"]]["persistentVolumeClaim"]["claimName"]
+    assert data == f"{claim['metadata']['name']}-{statefulset['metadata']['name']}-0"
+    assert "PGPASSWORD=" in container["command"][-1]  # from the mounted file, not the spec
+
+
+def _shipped_configs() -> list[tuple[str, str]]:
+    (configmap,) = _kubernetes("configmap.yaml")
+    return [
+        ("relay.docker.toml", CONTAINER_CONFIG.read_text(encoding="utf-8")),
+        ("relay.postgres.toml", POSTGRES_CONTAINER_CONFIG.read_text(encoding="utf-8")),
+        ("kubernetes/configmap.yaml", configmap["data"]["relay.toml"]),
+        ("kubernetes/postgresql/configmap.yaml", _postgres_relay_toml()),
+    ]
+
+
+@pytest.mark.parametrize(("name", "text"), _shipped_configs(), ids=lambda v: str(v)[:40])
+def test_every_shipped_config_passes_check_config(tmp_path: Path, name: str, text: str) -> None:
+    # The password file is mounted at run time; here a stand-in file takes its place.
+    config = tomllib.loads(text)
+    password_file = config["storage"].get("postgresql", {}).get("password_file")
+    if password_file is not None:
+        (tmp_path / "password").write_text("pw\n", encoding="utf-8")
+        text = text.replace(password_file, str(tmp_path / "password"))
+    path = tmp_path / "relay.toml"
+    path.write_text(text, encoding="utf-8")
+    env = {"PATH": "/usr/bin:/bin"} | dict.fromkeys(_env_references(text), "x")
+    env["CRM_URL"] = "https://crm.example.com/hooks"
+    done = subprocess.run(
+        [sys.executable, "-m", "relay", "check-config", "--config", str(path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{path}: ok:")
+
+
+needs_haproxy = pytest.mark.skipif(
+    shutil.which("haproxy") is None, reason="haproxy not installed (Debian: haproxy)"
+)
+
+
+@needs_haproxy
+def test_haproxy_accepts_the_load_balancer_config() -> None:
+    # The relays' names resolve only inside compose's network; init-addr lets HAProxy start
+    # (and this check pass) without them.
+    done = subprocess.run(
+        ["haproxy", "-c", "-f", str(HAPROXY)], capture_output=True, text=True, timeout=30,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
