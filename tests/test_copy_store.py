@@ -458,6 +458,50 @@ async def test_a_postgresql_store_copies_back_to_sqlite(tmp_path: Path, pg_url: 
         await second.close()
 
 
+async def test_text_postgresql_cannot_hold_is_copied_as_relay_stores_it_there(
+    tmp_path: Path, pg_url: str
+) -> None:
+    db = tmp_path / "relay.db"
+    store = await open_store(f"sqlite:///{db}")
+    try:
+        (event_id,) = (await store.ingest(raw_request(), [
+            NewEvent("audience-user", "user", "subscribe", time.time(), ("crm",),
+                     email="a\x00b@example.com", parse_error="bad byte \x00 in body"),
+        ])).event_ids  # fmt: skip
+    finally:
+        await store.close()
+
+    report, _ = await copy_in_process(f"sqlite:///{db}", pg_url)
+
+    assert report.ok, report.mismatches
+    target = await open_store(pg_url)
+    try:
+        detail = await target.get_event(event_id)
+    finally:
+        await target.close()
+    assert detail is not None
+    assert (detail.event.email, detail.event.parse_error) == (
+        "a\ufffdb@example.com",
+        "bad byte \ufffd in body",
+    )
+
+
+async def test_a_source_a_relay_answered_readyz_on_a_moment_ago_gets_a_warning(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "relay.db"
+    await small_source(db, 1)
+    store = await open_store(f"sqlite:///{db}")
+    await store.ping()  # what /readyz does
+    await store.close()
+
+    report, notes = await copy_in_process(f"sqlite:///{db}", f"sqlite:///{tmp_path}/copy.db")
+
+    assert report.ok
+    (warning,) = [line for line in notes.lines if line.startswith("warning:")]
+    assert "a relay answered /readyz on the source 0 s ago; if it still runs, stop it" in warning
+
+
 async def test_a_source_at_an_older_schema_is_refused_until_migrated(tmp_path: Path) -> None:
     db = tmp_path / "old.db"
     with sqlite3.connect(db, isolation_level=None) as conn:  # what an older relay left

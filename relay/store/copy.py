@@ -209,6 +209,8 @@ class _Copy:
                 break
             rows = [normalize_row(table, row) for row in rows]
             after = rows[-1][table.key_index]
+            if after is None:  # SQLite allows it; the copy could never move past such a row
+                raise CopyError(f"{table.name}: the source has a row without {table.key}")
             checkpoint = {CHECKPOINT + table.name: orjson.dumps(after).decode()}
             added = await self.target.import_rows(table, rows, checkpoint)
             if added != len(rows):
