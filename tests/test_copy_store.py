@@ -43,10 +43,12 @@ from tests.support import (
     ADMIN_TABLE,
     FORM,
     RelayFactory,
+    RelayProcess,
     Sink,
     admin_call,
     config_text,
     destination,
+    free_port,
     sample,
     subscribe_body,
     wait_until,
@@ -514,6 +516,32 @@ async def test_a_source_at_an_older_schema_is_refused_until_migrated(tmp_path: P
         await copy_in_process(f"sqlite:///{db}", target)
     await migrate_store(StorageConfig(url=f"sqlite:///{db}"))
     assert (await copy_in_process(f"sqlite:///{db}", target))[0].ok
+
+
+async def test_a_copy_is_refused_while_a_relay_serves_the_sqlite_source(
+    tmp_path: Path, sink: Sink
+) -> None:
+    db = tmp_path / "relay.db"
+    await small_source(db, 1)
+    config = tmp_path / "relay.toml"
+    port = free_port()
+    config.write_text(relay_config(f"sqlite:///{db}", sink, db).replace(
+        'listen = "127.0.0.1:8080"', f'listen = "127.0.0.1:{port}"'
+    ))  # fmt: skip
+    relay = RelayProcess(config, port, tmp_path / "relay.log")
+    await relay.start()
+    try:
+        refused = copy_store("--from", f"sqlite:///{db}", "--to", f"sqlite:///{tmp_path}/b.db")
+    finally:
+        relay.kill(signal.SIGTERM)
+        relay.wait(20)
+
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(
+        f"relay copy-store: cannot copy while a relay uses the source: {db} is in use by"
+        f" another relay serve (pid {relay.proc.pid})"
+    )
+    assert not (tmp_path / "b.db").exists()
 
 
 @pytest.mark.parametrize(

@@ -9,12 +9,15 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from relay.cli.progress import Progress
+from relay.cli.store_lock import StoreLock, StoreLockError, acquire_store_lock
 from relay.config import Settings, StorageConfig, redact_url
 from relay.config.checks import storage_url
 from relay.store import StoreError
+from relay.store.bulk import store_location
 from relay.store.copy import BATCH_ROWS, CopyError, CopyReport, copy_store
 from relay.store.migrate import migrate_store
 
@@ -40,7 +43,8 @@ destinations and leases that make the copy a working store, from one store to an
 to PostgreSQL when a deployment outgrows one machine (or back, or SQLite to SQLite).
 
 Stop relay on the source first (at least stop sending it webhooks): what relay writes to the
-source during the copy is not copied. The source is only read.
+source during the copy is not copied. A SQLite file a relay serve holds is refused, and none
+can start on the source or the target while the copy runs. The source is only read.
 
 The target is migrated first. It must be empty, or hold an interrupted copy of the same source:
 after Ctrl-C, kill -9 or a lost connection, run the same command again and it continues after
@@ -133,13 +137,42 @@ def cmd_copy_store(args: argparse.Namespace) -> int:
         if problem is not None:
             _fail("copy-store", f"{option} {redact_url(url)}: {problem}")
             return EXIT_USAGE
+    source, target = StorageConfig(url=args.source), StorageConfig(url=args.target)
+    if store_location(source.url) == store_location(target.url):
+        _fail("copy-store", "--from and --to name the same store")
+        return EXIT_FAILURE
+    locks: list[StoreLock] = []
+    try:
+        # The lock relay serve holds on a SQLite file: a relay running on the source or the
+        # target is found for sure, and none can start on either while the copy runs.
+        for role, storage in (("the source", source), ("the target", target)):
+            if storage is source and not _sqlite_file_exists(storage):
+                continue  # nothing to lock; the copy says the source is missing
+            try:
+                lock = acquire_store_lock(storage, environ={})
+            except StoreLockError as exc:
+                _fail("copy-store", f"cannot copy while a relay uses {role}: {exc}")
+                return EXIT_FAILURE
+            if lock is not None:
+                locks.append(lock)
+        return _copy(args, source, target)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _sqlite_file_exists(storage: StorageConfig) -> bool:
+    return storage.backend != "sqlite" or Path(storage.url.removeprefix("sqlite:///")).is_file()
+
+
+def _copy(args: argparse.Namespace, source: StorageConfig, target: StorageConfig) -> int:
     progress = Progress(sys.stdout, terminal=sys.stdout.isatty())
     progress.note(f"copying {redact_url(args.source)} to {redact_url(args.target)}")
     try:
         report = asyncio.run(
             copy_store(
-                StorageConfig(url=args.source),
-                StorageConfig(url=args.target),
+                source,
+                target,
                 progress=progress,
                 force=args.force,
                 batch_rows=args.batch_size,
