@@ -41,6 +41,7 @@ from relay.store.sqlfile import migrations
 from tests.pg import pg_url, with_password
 from tests.support import (
     ADMIN_TABLE,
+    AUDIENCE_INBOUNDS,
     FORM,
     RelayFactory,
     RelayProcess,
@@ -58,20 +59,16 @@ __all__ = ["pg_url"]  # the fixture, imported for the tests below
 
 PASSWORD = "hunter2-not-printed"  # trust auth accepts any password; none may be printed
 
-INBOUNDS = """
-[[inbound]]
-name = "audience-user"
-path = "/hooks/user"
-kind = "mailchimp"
-secret = "s3cret"
-source = "user"
-
+INBOUNDS = (
+    AUDIENCE_INBOUNDS
+    + """
 [[inbound]]
 name = "tx"
 path = "/hooks/mandrill"
 kind = "mandrill"
 source = "transactional"
 """
+)
 AUDIENCE = ("mc_doc_subscribe.txt", "mc_doc_unsubscribe.txt", "mc_doc_profile.txt",
             "mc_doc_upemail.txt", "mc_unsubscribe_campaign_2020.txt")  # fmt: skip
 

@@ -136,6 +136,21 @@ STATE = tuple(table for table in TABLES if not table.history)
 META_PREFIX = "copy-store"
 
 
+def column_list(table: Table) -> str:
+    """The table's columns for a SELECT or INSERT (quoted: ``cursor`` and ``until`` are words
+    SQL knows)."""
+    return ", ".join(f'"{name}"' for name in table.names)
+
+
+def update_all(table: Table) -> str:
+    """``SET`` assignments taking every column from the row that conflicted (an upsert)."""
+    return ", ".join(f'"{name}" = excluded."{name}"' for name in table.names)
+
+
+# Whether a store holds any history: one statement both backends run as it is.
+HOLDS_HISTORY = "SELECT " + " OR ".join(f"EXISTS (SELECT 1 FROM {t.name})" for t in HISTORY)
+
+
 def normalize(value: Any, kind: Kind) -> Any:
     """A value as every backend takes it: SQLite may hand back another type than declared."""
     if value is None:

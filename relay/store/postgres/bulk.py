@@ -16,7 +16,7 @@ import asyncpg
 from relay.config import StorageConfig, redact_url
 from relay.store.base import StoreError
 from relay.store.bulk import (
-    HISTORY,
+    HOLDS_HISTORY,
     META_PREFIX,
     TABLES,
     BulkStore,
@@ -24,7 +24,9 @@ from relay.store.bulk import (
     Kind,
     Row,
     Table,
+    column_list,
     row_bytes,
+    update_all,
 )
 from relay.store.postgres.connect import (
     STORE_ERRORS,
@@ -54,15 +56,11 @@ _PUT_META = (
 )
 
 
-def _columns(table: Table) -> str:
-    return ", ".join(f'"{name}"' for name in table.names)
-
-
 def _insert(table: Table, conflict: str) -> str:
     arrays = ", ".join(f"${i}::{_ARRAY[kind]}" for i, kind in enumerate(table.kinds, 1))
     overriding = " OVERRIDING SYSTEM VALUE" if table.name in _IDENTITY else ""
     return (
-        f"INSERT INTO {table.name} ({_columns(table)}){overriding}"
+        f"INSERT INTO {table.name} ({column_list(table)}){overriding}"
         f" SELECT * FROM unnest({arrays}) {conflict}"
     )
 
@@ -149,7 +147,8 @@ class PostgresBulk(BulkStore):
     ) -> list[Row]:
         # PostgreSQL enforces references: every row is copyable, no condition needed.
         where = f' WHERE "{table.key}" > $2' if after is not None else ""
-        sql = f'SELECT {_columns(table)} FROM {table.name}{where} ORDER BY "{table.key}" LIMIT $1'
+        columns = column_list(table)
+        sql = f'SELECT {columns} FROM {table.name}{where} ORDER BY "{table.key}" LIMIT $1'
         args = (limit, after) if after is not None else (limit,)
         rows: list[Row] = []
         size = 0
@@ -163,7 +162,7 @@ class PostgresBulk(BulkStore):
         return rows
 
     async def all_rows(self, table: Table) -> list[Row]:
-        sql = f'SELECT {_columns(table)} FROM {table.name} ORDER BY "{table.key}"'
+        sql = f'SELECT {column_list(table)} FROM {table.name} ORDER BY "{table.key}"'
         async with self._errors():
             return [tuple(record) for record in await self.conn.fetch(sql)]
 
@@ -186,15 +185,14 @@ class PostgresBulk(BulkStore):
     async def replace_rows(self, table: Table, rows: Sequence[Row]) -> None:
         if not rows:
             return
-        updates = ", ".join(f'"{name}" = excluded."{name}"' for name in table.names)
+        updates = update_all(table)
         sql = _insert(table, f'ON CONFLICT ("{table.key}") DO UPDATE SET {updates}')
         async with self._errors(), self.conn.transaction():
             await self.conn.execute(sql, *_arrays(table, rows))
 
     async def holds_history(self) -> bool:
-        sql = " OR ".join(f"EXISTS (SELECT 1 FROM {table.name})" for table in HISTORY)
         async with self._errors():
-            return bool(await self.conn.fetchval(f"SELECT {sql}"))
+            return bool(await self.conn.fetchval(HOLDS_HISTORY))
 
     async def clear(self) -> None:
         names = ", ".join(table.name for table in TABLES)

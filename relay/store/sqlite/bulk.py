@@ -16,7 +16,7 @@ from urllib.parse import quote
 from relay.config import StorageConfig
 from relay.store.base import StoreError
 from relay.store.bulk import (
-    HISTORY,
+    HOLDS_HISTORY,
     META_PREFIX,
     TABLES,
     BulkStore,
@@ -24,13 +24,11 @@ from relay.store.bulk import (
     Kind,
     Row,
     Table,
+    column_list,
     row_bytes,
+    update_all,
 )
 from relay.store.sqlite.migrate import latest_version, schema_version
-
-
-def _columns(table: Table) -> str:
-    return ", ".join(f'"{name}"' for name in table.names)
 
 
 def _for_sqlite(table: Table, row: Row) -> Row:
@@ -122,9 +120,8 @@ class SqliteBulk(BulkStore):
         if table.references:
             conditions.append(table.references)
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        sql = (
-            f'SELECT {_columns(table)} FROM {table.name} t{where} ORDER BY t."{table.key}" LIMIT ?'
-        )
+        columns = column_list(table)
+        sql = f'SELECT {columns} FROM {table.name} t{where} ORDER BY t."{table.key}" LIMIT ?'
         params = (after, limit) if after is not None else (limit,)
         rows: list[Row] = []
         size = 0
@@ -138,12 +135,12 @@ class SqliteBulk(BulkStore):
 
     async def all_rows(self, table: Table) -> list[Row]:
         with self._errors():
-            sql = f'SELECT {_columns(table)} FROM {table.name} ORDER BY "{table.key}"'
+            sql = f'SELECT {column_list(table)} FROM {table.name} ORDER BY "{table.key}"'
             return [tuple(row) for row in self.conn.execute(sql)]
 
     def _insert(self, table: Table, conflict: str) -> str:
         marks = ", ".join("?" * len(table.columns))
-        return f"INSERT INTO {table.name} ({_columns(table)}) VALUES ({marks}) {conflict}"
+        return f"INSERT INTO {table.name} ({column_list(table)}) VALUES ({marks}) {conflict}"
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -176,15 +173,14 @@ class SqliteBulk(BulkStore):
             return cursor.rowcount
 
     async def replace_rows(self, table: Table, rows: Sequence[Row]) -> None:
-        updates = ", ".join(f'"{name}" = excluded."{name}"' for name in table.names)
+        updates = update_all(table)
         sql = self._insert(table, f'ON CONFLICT ("{table.key}") DO UPDATE SET {updates}')
         with self._transaction() as conn:
             conn.executemany(sql, [_for_sqlite(table, r) for r in rows])
 
     async def holds_history(self) -> bool:
-        sql = " OR ".join(f"EXISTS (SELECT 1 FROM {table.name})" for table in HISTORY)
         with self._errors():
-            return bool(self.conn.execute(f"SELECT {sql}").fetchone()[0])
+            return bool(self.conn.execute(HOLDS_HISTORY).fetchone()[0])
 
     async def clear(self) -> None:
         with self._transaction() as conn:
