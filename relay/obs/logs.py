@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -21,15 +22,56 @@ from aiohttp.web_protocol import RequestPayloadError
 
 FLUSH_INTERVAL = 0.5
 
+# C0 and C1 controls, DEL and the Unicode line and paragraph separators: characters that end a
+# line, or drive a terminal, in some reader of the log.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with control characters written as escapes, so a logged value is one line.
+
+    Values in log lines come from webhooks too (an audience ``type``, a journey header): a
+    newline in one would otherwise let a sender write a line of its own.
+
+    >>> escape_controls("subscribe\\n2026-01-01T00:00:00Z INFO forged")
+    'subscribe\\\\n2026-01-01T00:00:00Z INFO forged'
+    """
+    if _UNSAFE.search(text) is None:
+        return text
+    return _UNSAFE.sub(_escape_one, text)
+
+
+class TextFormatter(logging.Formatter):
+    """relay's plain-text lines: UTC time, level, logger, message; controls escaped."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s %(message)s", "%Y-%m-%dT%H:%M:%S"
+        )
+        self.converter = time.gmtime
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # The traceback that format() appends stays multi-line: it is for bugs, not webhooks.
+        return escape_controls(super().formatMessage(record))
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        # JSON escapes controls itself; escaping the message as well keeps a reader that prints
+        # the decoded field from writing a webhook's newline or terminal escape.
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": escape_controls(record.getMessage()),
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
@@ -71,6 +113,7 @@ class BufferedHandler(logging.Handler):
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         stamp = f"{self._stamp}.{int((now - second) * 1000):03d}Z"
         level_name = logging.getLevelName(level)
+        message = escape_controls(message)
         if self.json:
             line = orjson.dumps(
                 {"time": stamp, "level": level_name.lower(), "logger": name, "message": message}
@@ -141,11 +184,7 @@ def setup_logging(log_format: str, level: int = logging.INFO) -> BufferedHandler
         handler.json = True
         handler.setFormatter(JsonFormatter())
     else:
-        formatter = logging.Formatter(
-            "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s %(message)s", "%Y-%m-%dT%H:%M:%S"
-        )
-        formatter.converter = time.gmtime
-        handler.setFormatter(formatter)
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -19,6 +19,10 @@ from relay.pipeline.routing import event_facts, route
 from relay.protocols import mailchimp
 
 MANDRILL_CONTENT_TYPE = "application/x-www-form-urlencoded"
+# Every event type is cut to this many characters, whatever its kind: it comes from the sender
+# (an audience body, a Mandrill element, a journey header), and goes into log lines, metrics
+# lookups, the store and a header to every destination. Mailchimp's own types are under 20.
+MAX_TYPE_CHARS = 100
 
 
 def _ts(value: datetime | None) -> float | None:
@@ -34,6 +38,9 @@ def _dedup_key(inbound: InboundConfig, natural: str | None, raw: bytes) -> str |
     """
     if natural is None:
         return None
+    if len(natural) > MAX_TYPE_CHARS * 2:
+        # The natural key holds the sender's type and ids; a digest keeps an indexed key short.
+        natural = "b2:" + hashlib.blake2b(natural.encode("utf-8", "surrogatepass")).hexdigest()
     return f"{inbound.name}:{natural}:{hashlib.blake2b(raw, digest_size=8).hexdigest()}"
 
 
@@ -68,6 +75,7 @@ def _event(
     dedup_key: str | None = None,
     payload: bytes | None = None,
 ) -> NewEvent:
+    type = type[:MAX_TYPE_CHARS]
     facts = event_facts(
         type=type, source=inbound.source, inbound=inbound.name, list_id=list_id, email=email,
         data=data,
@@ -122,7 +130,7 @@ def _journey_event(
         # The marketer's header wins when present; the configured type is the fallback.
         header = (_header(request, inbound.event_type_header) or "").strip()
         if header:
-            event_type = header[:100]
+            event_type = header
     email = None
     if isinstance(data, dict):
         value = data.get("email") or data.get("email_address")
