@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -163,6 +166,7 @@ async def test_secrets_appear_in_no_log_line_metric_or_stored_field(
     await _exercise(secret_rig)
     async with aiohttp.ClientSession() as s, s.get(secret_rig.relay.url("/metrics")) as r:
         metrics = await r.text()
+    shown = await _destination_views(secret_rig)
     secret_rig.relay.kill(signal.SIGTERM)
     assert await asyncio.to_thread(secret_rig.relay.wait, 20) == 0
     log = secret_rig.relay.log.read_text()
@@ -178,10 +182,43 @@ async def test_secrets_appear_in_no_log_line_metric_or_stored_field(
         assert value not in log, f"{name} in the log"
         assert value not in metrics, f"{name} in /metrics"
         assert value not in stored, f"{name} in the database"
+        assert value not in shown, f"{name} shown by the admin API, the CLI or check-config"
+    # What is masked is the credential, not the address: operators still see where it goes.
+    assert "/hook?token=***" in shown and "user:***@127.0.0.1:" in shown
     # The crm destination got its configured credential; relay itself never recorded it.
     assert (
         secret_rig.sink.at("/crm")[0].headers["Authorization"] == f"Bearer {SECRETS['CRM_TOKEN']}"
     )
+
+
+async def _destination_views(rig: SecretRig) -> str:
+    """Everything that shows destination URLs: the admin API, the CLI's table and JSON, and
+    check-config; joined into one text."""
+    token = SECRETS["RELAY_ADMIN_TOKEN"]
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as s,
+        s.get(rig.relay.url("/admin/destinations")) as r,
+    ):
+        assert r.status == 200
+        views = [await r.text()]
+    env = {**os.environ, **SECRETS}
+    url = rig.relay.url("")
+    for argv in (
+        ["destinations", "list", "--url", url],
+        ["destinations", "list", "--url", url, "--json"],
+        ["check-config", "--config", str(rig.relay.config)],
+    ):
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "relay", *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        views.append(done.stdout + done.stderr)
+    return "\n".join(views)
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from relay.config import redact_url
 from relay.delivery.sender import connect_reason
 
 DEFAULT_TIMEOUT = 60.0
@@ -40,6 +41,7 @@ class AdminClient:
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.url = url.rstrip("/")
+        self.shown = redact_url(self.url)
         self._headers = {"Authorization": f"Bearer {token}"}
         if operator:
             self._headers["X-Relay-Operator"] = operator
@@ -83,9 +85,9 @@ class AdminClient:
                 raw = await response.read()
                 status = response.status
         except aiohttp.ClientConnectorError as exc:
-            raise AdminError(f"cannot reach {self.url}: {connect_reason(exc).lower()}") from None
+            raise AdminError(f"cannot reach {self.shown}: {connect_reason(exc).lower()}") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise AdminError(f"cannot reach {self.url}: {exc or type(exc).__name__}") from None
+            raise AdminError(f"cannot reach {self.shown}: {exc or type(exc).__name__}") from None
         try:
             decoded = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
@@ -98,7 +100,7 @@ class AdminClient:
         if status >= 400:
             raise AdminError(_reason(decoded) or f"{method} {path}: HTTP {status}", status)
         if decoded is None:
-            raise AdminError(f"{method} {path}: the answer was not JSON (is {self.url} a relay?)")
+            raise AdminError(f"{method} {path}: the answer was not JSON (is {self.shown} a relay?)")
         return status, decoded
 
 

@@ -175,6 +175,42 @@ class Settings:
         )
 
 
+MASK = "***"
+
+
 def redact_url(url: str) -> str:
-    """Hide a password in a storage URL before it is printed."""
-    return re.sub(r"(://[^:/@]+):[^@/]+@", r"\1:***@", url)
+    """A URL as relay shows or logs it: credentials, query values and fragment hidden.
+
+    Destination and storage URLs carry secrets in their user info (``user:pass@``) and in their
+    query (``?token=...``); the scheme, host, port, path and parameter names stay readable.
+
+    >>> redact_url("https://user:pw@crm.internal:8443/hooks?token=abc&v=2#x")
+    'https://user:***@crm.internal:8443/hooks?token=***&v=***#***'
+    """
+    # Taken apart by hand, not with urlsplit: it must never raise on what it hides, and
+    # urlunsplit would rewrite sqlite:///path.
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, rest = rest[:end], rest[end:]
+    if "@" in authority:
+        userinfo, _, host = authority.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        # A user name with no password is often the token itself (https://TOKEN@host).
+        authority = f"{user}:{MASK}@{host}" if colon else f"{MASK}@{host}"
+    rest, hash_sign, fragment = rest.partition("#")
+    path, question, query = rest.partition("?")
+    if query:
+        query = "&".join(
+            f"{name}={MASK}" if eq else MASK
+            for name, eq, _ in (part.partition("=") for part in query.split("&"))
+        )
+    return (
+        (f"{scheme}://" if sep else "")
+        + authority
+        + path
+        + question
+        + query
+        + (hash_sign + MASK if fragment else hash_sign)
+    )

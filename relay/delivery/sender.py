@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections.abc import Mapping
 
 import aiohttp
 
 from relay import __version__
+from relay.config import redact_url
 from relay.model import AttemptOutcome, AttemptResult
 from relay.pipeline.backoff import outcome_for_status, parse_retry_after
 
@@ -123,5 +125,9 @@ def describe_error(exc: BaseException) -> str:
         return f"invalid response: {' '.join(exc.message.split())}"[:300]
     if isinstance(exc, aiohttp.InvalidURL):
         return "invalid URL"
-    text = str(exc) or type(exc).__name__
+    # Any other error: a URL it quotes is masked like everywhere else.
+    text = _URL.sub(lambda m: redact_url(m.group()), str(exc)) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:300]
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
