@@ -432,3 +432,13 @@ async def test_the_systemd_environment_file_serves_as_token_file(running: Runnin
         2,
         f"relay: token file {env_file} holds neither a token nor a RELAY_ADMIN_TOKEN= line\n",
     )
+
+
+async def test_a_url_with_credentials_is_one_line_without_its_password() -> None:
+    # aiohttp refuses credentials in a URL beside the Authorization header: a traceback, before.
+    result = await cli("events", "list", url="http://user:pw@127.0.0.1:8080/")
+    assert (result.code, result.err) == (
+        2,
+        "relay: --url must not carry credentials (http://user:***@127.0.0.1:8080/): the admin"
+        " token is read from RELAY_ADMIN_TOKEN or --token-file\n",
+    )

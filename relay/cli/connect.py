@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from relay.cli.client import AdminClient, AdminError
+from relay.config import redact_url
 from relay.config.checks import parse_listen
 
 EXIT_OK = 0
@@ -58,15 +59,22 @@ def admin_url(args: argparse.Namespace) -> str:
 
 
 def _checked_url(url: str) -> str:
+    shown = redact_url(url)
     if "://" not in url:
-        raise UsageError(f"--url needs a scheme: http://{url}, not {url!r}")
+        raise UsageError(f"--url needs a scheme: http://{shown}, not {shown!r}")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (raises for a port that is not a number)
     except ValueError as exc:
-        raise UsageError(f"--url {url!r} is not a URL: {exc}") from None
+        raise UsageError(f"--url {shown!r} is not a URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"--url must be http://HOST:PORT or https://HOST:PORT, not {url!r}")
+        raise UsageError(f"--url must be http://HOST:PORT or https://HOST:PORT, not {shown!r}")
+    if "@" in parts.netloc:
+        # aiohttp refuses them beside the Authorization header, and the token is that header.
+        raise UsageError(
+            f"--url must not carry credentials ({shown}): the admin token is read from"
+            f" {TOKEN_ENV} or --token-file"
+        )
     return url
 
 
