@@ -215,6 +215,10 @@ def test_missing_environment_variable_names_key_and_variable() -> None:
             "inbound[0].event_type: is required for kind journey (or set event_type_header) (inbound a)",
         ),
         (
+            '[[inbound]]\nname = "a"\npath = "/h"\nkind = "journey"\nevent_type = "j"\nevent_types = ["j.*"]',
+            "inbound[0].event_types: only applies with event_type_header (kind journey) (inbound a)",
+        ),
+        (
             '[[inbound]]\nname = "a"\npath = "/h"\nkind = "mandrill"\nmandrill_key = "k"',
             "inbound[0].public_url: is required with mandrill_key (the URL Mailchimp signs) (inbound a)",
         ),

@@ -9,6 +9,7 @@ import io
 import logging
 import re
 import signal
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote_plus
@@ -21,6 +22,7 @@ from relay.obs.logs import BufferedHandler, JsonFormatter, TextFormatter
 from relay.pipeline.events import MAX_TYPE_CHARS
 from tests.support import (
     FORM,
+    RelayFactory,
     RelayProcess,
     Sink,
     config_text,
@@ -103,3 +105,42 @@ def test_every_log_format_writes_one_line_per_record(json_format: bool) -> None:
     else:
         messages = [line.split(" ", 3)[3] for line in lines]
     assert messages == ["type=a\\nb reason=c\\x1b[31md\\x85", "type=e\\nf\\u2028g"]
+
+
+JOURNEY = """
+[[inbound]]
+name = "welcome"
+path = "/hooks/journey"
+kind = "journey"
+secret = "s3cret"
+source = "journey"
+event_type = "journey.welcome"
+event_type_header = "X-Journey-Event"
+event_types = ["journey.*"]
+"""
+
+
+async def test_a_header_type_outside_event_types_keeps_the_configured_type(
+    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+) -> None:
+    db = tmp_path / "relay.db"
+    dests = destination("crm", sink.url("/crm"), types=["subscribe"])
+    dests += destination("journeys", sink.url("/journeys"), types=["journey.*"])
+    relay = await start_relay(config_text(db, dests, inbounds=JOURNEY))
+    body = b'{"email": "ann@example.com"}'
+    for claimed in ("subscribe", "journey.café"):
+        status, _ = await relay.post(
+            "/hooks/journey", body, "application/json", headers={"X-Journey-Event": claimed}
+        )
+        assert status == 200
+    await wait_until(lambda: len(sink.at("/journeys")) == 2, what="both journey events")
+    types = [r.headers["X-Relay-Event-Type"] for r in sink.at("/journeys")]
+    # The refused claim keeps the inbound's type; a UTF-8 header arrives as it was sent.
+    assert sorted(types) == ["journey.café", "journey.welcome"]
+    assert sink.at("/crm") == []
+    with sqlite3.connect(db) as conn:
+        rows = dict(conn.execute("SELECT type, parse_error FROM events"))
+    assert rows == {
+        "journey.welcome": "event type header 'subscribe' not in event_types",
+        "journey.café": None,
+    }

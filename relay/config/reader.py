@@ -227,6 +227,7 @@ class _Reader(TreeWalker):
                 "source",
                 "event_type",
                 "event_type_header",
+                "event_types",
                 "signing_secret",
                 "mandrill_key",
                 "public_url",
@@ -250,6 +251,7 @@ class _Reader(TreeWalker):
             secret=self.optional_str(raw, p, "secret"),
             event_type=self.optional_str(raw, p, "event_type"),
             event_type_header=self.optional_str(raw, p, "event_type_header"),
+            event_types=self.str_list(raw, p, "event_types"),
             signing_secret=self.optional_str(raw, p, "signing_secret"),
             mandrill_key=self.optional_str(raw, p, "mandrill_key"),
             public_url=self.get(raw, p, "public_url", str, "", checks.http_url) or None,
@@ -261,6 +263,8 @@ class _Reader(TreeWalker):
             inbound.event_type or inbound.event_type_header
         ):
             self.fail(f"{p}event_type", "is required for kind journey (or set event_type_header)")
+        if inbound.event_types is not None and not inbound.event_type_header:
+            self.fail(f"{p}event_types", "only applies with event_type_header (kind journey)")
         if inbound.kind is not InboundKind.MAILCHIMP and inbound.signing_secret:
             self.fail(f"{p}signing_secret", "only applies to kind mailchimp")
         if inbound.kind is not InboundKind.MANDRILL and (

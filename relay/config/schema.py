@@ -96,6 +96,9 @@ class InboundConfig:
     secret: str | None = None
     event_type: str | None = None
     event_type_header: str | None = None
+    # Journey kind: the types a sender may choose with event_type_header (names or globs);
+    # None: any. Any other value keeps event_type, and the event records what was refused.
+    event_types: tuple[str, ...] | None = None
     signing_secret: str | None = None
     mandrill_key: str | None = None
     public_url: str | None = None

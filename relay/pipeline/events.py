@@ -15,7 +15,7 @@ from typing import Any
 
 from relay.config import DestinationConfig, InboundConfig
 from relay.model import UNKNOWN_TYPE, InboundKind, NewEvent, RawRequest
-from relay.pipeline.routing import event_facts, route
+from relay.pipeline.routing import event_facts, route, type_matches
 from relay.protocols import mailchimp
 
 MANDRILL_CONTENT_TYPE = "application/x-www-form-urlencoded"
@@ -44,9 +44,20 @@ def _dedup_key(inbound: InboundConfig, natural: str | None, raw: bytes) -> str |
     return f"{inbound.name}:{natural}:{hashlib.blake2b(raw, digest_size=8).hexdigest()}"
 
 
-def _header(request: RawRequest, name: str) -> str | None:
+def _header_text(request: RawRequest, name: str) -> str | None:
+    """A header's value as text: UTF-8 when its bytes are (what Mailchimp sends), else Latin-1.
+
+    Headers are stored as Latin-1, one character per byte, so that any bytes survive; read as
+    such, a UTF-8 "café" would be "cafÃ©".
+    """
     lowered = name.lower()
-    return next((v for k, v in request.headers if k.lower() == lowered), None)
+    value = next((v for k, v in request.headers if k.lower() == lowered), None)
+    if value is None or value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
 
 
 def derive_events(
@@ -127,10 +138,15 @@ def _journey_event(
     data, error = mailchimp.parse_form_json(request.body, request.content_type or None)
     event_type = inbound.event_type or UNKNOWN_TYPE
     if inbound.event_type_header:
-        # The marketer's header wins when present; the configured type is the fallback.
-        header = (_header(request, inbound.event_type_header) or "").strip()
-        if header:
+        # The marketer's header wins when present and allowed; the configured type is the
+        # fallback. Whoever holds the inbound's credential chooses the header, so event_types
+        # keeps it from claiming a type that other filters trust, such as "subscribe".
+        header = (_header_text(request, inbound.event_type_header) or "").strip()
+        if header and type_matches(inbound.event_types, header):
             event_type = header
+        elif header:
+            refused = f"event type header {header[:MAX_TYPE_CHARS]!r} not in event_types"
+            error = f"{refused}; {error}" if error else refused
     email = None
     if isinstance(data, dict):
         value = data.get("email") or data.get("email_address")
