@@ -223,6 +223,11 @@ class RelayUnderTest:
         assert self.server is not None
         return self.server.app[RELAY_KEY]
 
+    @property
+    def port(self) -> int:
+        assert self.server is not None and self.server.port is not None
+        return self.server.port
+
     def url(self, path: str) -> str:
         assert self.server is not None
         return str(self.server.make_url(path))

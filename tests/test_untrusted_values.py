@@ -21,6 +21,8 @@ import pytest
 from relay.obs.logs import BufferedHandler, JsonFormatter, TextFormatter
 from relay.pipeline.events import MAX_TYPE_CHARS
 from tests.support import (
+    ADMIN_TABLE,
+    ADMIN_TOKEN,
     FORM,
     RelayFactory,
     RelayProcess,
@@ -144,3 +146,25 @@ async def test_a_header_type_outside_event_types_keeps_the_configured_type(
         "journey.welcome": "event type header 'subscribe' not in event_types",
         "journey.café": None,
     }
+
+
+async def test_a_non_utf8_operator_header_is_400_and_no_traceback(
+    tmp_path: Path, sink: Sink, start_relay: RelayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = await start_relay(
+        config_text(tmp_path / "relay.db", destination("crm", sink.url("/crm")), extra=ADMIN_TABLE)
+    )
+    assert (await relay.post("/hooks/user", audience_body("subscribe")))[0] == 200
+    body = b'{"filter": {}}'
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    writer.write(
+        b"POST /admin/replay HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n"
+        b"Authorization: Bearer " + ADMIN_TOKEN.encode() + b"\r\n"
+        b"X-Relay-Operator: dana\xff\xfe\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b"X-Relay-Operator" in answer
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]

@@ -277,4 +277,9 @@ def _outcome_json(outcome: ReplayOutcome) -> dict[str, Any]:
 
 def _operator(request: web.Request) -> str:
     name = request.headers.get(OPERATOR_HEADER, "").strip()
+    # aiohttp decodes header bytes that are not UTF-8 to lone surrogates, which no store can
+    # keep as text (and isprintable() is false for them): the header is the client's mistake,
+    # so the answer is 400, not 503.
+    if not name.isprintable():
+        raise BadRequestError(f"{OPERATOR_HEADER}: must be printable UTF-8 text")
     return name[:100] if name else DEFAULT_OPERATOR
