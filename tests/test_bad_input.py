@@ -32,8 +32,16 @@ from tests.support import (
 
 BODY = sample("mc_doc_subscribe.txt")
 
+
+def audience_inbounds(max_body_bytes: int) -> str:
+    """The audience inbounds with a body limit over their kind's default (256 KiB)."""
+    return AUDIENCE_INBOUNDS.replace(
+        'source = "user"\n', f'source = "user"\nmax_body_bytes = {max_body_bytes}\n'
+    )
+
+
 INBOUNDS = (
-    AUDIENCE_INBOUNDS
+    audience_inbounds(1024 * 1024)
     + """
 [[inbound]]
 name = "journey"
@@ -197,7 +205,10 @@ async def test_a_huge_body_being_parsed_does_not_stall_other_requests(
     tmp_path: Path, start_relay: RelayFactory
 ) -> None:
     db = tmp_path / "relay.db"
-    relay = await start_relay(config_text(db, max_body_bytes=8 * 1024 * 1024))
+    limit = 8 * 1024 * 1024
+    relay = await start_relay(
+        config_text(db, inbounds=audience_inbounds(limit), max_body_bytes=limit)
+    )
     # 8 MiB of fields, seconds of parsing: a flat `data` field sends it down the full parser.
     huge = b"data=x&" + b"a=1&" * (2 * 1024 * 1024 - 2)
     big = asyncio.create_task(relay.post("/hooks/user", huge))

@@ -237,6 +237,51 @@ def test_each_problem_is_one_line_naming_the_key(snippet: str, expected: str) ->
     assert problems(snippet) == [expected]
 
 
+KINDS = """
+[[inbound]]
+name = "a"
+path = "/a"
+kind = "mailchimp"
+[[inbound]]
+name = "j"
+path = "/j"
+kind = "journey"
+event_type = "journey.x"
+[[inbound]]
+name = "m"
+path = "/m"
+kind = "mandrill"
+[[inbound]]
+name = "own"
+path = "/own"
+max_body_bytes = 3000000
+"""
+
+
+@pytest.mark.parametrize(
+    ("server", "expected"),
+    [
+        # Audience and journey bodies are kilobytes; a Mandrill batch takes [server]'s limit.
+        ("", {"a": 262144, "j": 262144, "m": 10485760, "own": 3000000}),
+        ("max_body_bytes = 100000", {"a": 100000, "j": 100000, "m": 100000, "own": 3000000}),
+        ("max_body_bytes = 20971520", {"a": 262144, "j": 262144, "m": 20971520, "own": 3000000}),
+    ],
+)
+def test_each_inbound_kind_has_a_body_limit_that_fits_it(
+    server: str, expected: dict[str, int]
+) -> None:
+    s = parse_config(f"[server]\n{server}\n{KINDS}", {})
+    assert {i.name: i.max_body_bytes for i in s.inbounds} == expected
+    assert s.server.max_inflight_bytes == 134217728
+
+
+def test_the_inflight_budget_must_hold_the_largest_body() -> None:
+    assert problems(f"[server]\nmax_inflight_bytes = 10000000\n{KINDS}") == [
+        "server.max_inflight_bytes: must be at least the largest max_body_bytes (10485760),"
+        " or such a body could never be taken"
+    ]
+
+
 def test_several_problems_are_all_reported() -> None:
     found = problems('[server]\nlisten = "x"\n[[destination]]\nname = "a"\nurl = "nope"')
     assert len(found) == 2

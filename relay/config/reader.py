@@ -29,6 +29,7 @@ from relay.config.schema import (
     Settings,
     SqliteSettings,
     StorageConfig,
+    default_body_limit,
 )
 from relay.config.walker import TreeWalker, did_you_mean
 from relay.model import InboundKind
@@ -107,7 +108,9 @@ class _Reader(TreeWalker):
         self.unknown(dedup_raw, "dedup.", {"window"})
         dedup_window = self.get(dedup_raw, "dedup.", "window", float, 86400.0, checks.non_negative)
 
-        inbounds = self.list_of_tables(raw, "inbound", self.inbound)
+        inbounds = self.list_of_tables(
+            raw, "inbound", lambda item, p: self.inbound(item, p, server.max_body_bytes)
+        )
         self._types = event_types.KNOWN_TYPES | {i.event_type for i in inbounds if i.event_type}
         # A header the marketer sets can name any type: no filter can be called unmatchable.
         self._any_type = any(i.event_type_header for i in inbounds)
@@ -115,6 +118,13 @@ class _Reader(TreeWalker):
         self.unique(raw, "inbound", "name")
         self.unique(raw, "inbound", "path")
         self.unique(raw, "destination", "name")
+        largest = max((i.max_body_bytes for i in inbounds), default=0)
+        if largest > server.max_inflight_bytes:
+            self.fail(
+                "server.max_inflight_bytes",
+                f"must be at least the largest max_body_bytes ({largest}), or such a body could"
+                " never be taken",
+            )
         if self.problems:
             return None
         return Settings(
@@ -130,7 +140,16 @@ class _Reader(TreeWalker):
     def server(self, raw: dict[str, Any]) -> ServerConfig:
         p = "server."
         self.unknown(
-            raw, p, {"listen", "max_body_bytes", "log_format", "shutdown_grace", "read_timeout"}
+            raw,
+            p,
+            {
+                "listen",
+                "max_body_bytes",
+                "max_inflight_bytes",
+                "log_format",
+                "shutdown_grace",
+                "read_timeout",
+            },
         )
         listen = self.get(raw, p, "listen", str, "127.0.0.1:8080")
         host, port = "127.0.0.1", 8080
@@ -144,6 +163,9 @@ class _Reader(TreeWalker):
             port=port,
             max_body_bytes=self.get(
                 raw, p, "max_body_bytes", int, 10 * 1024 * 1024, checks.positive
+            ),
+            max_inflight_bytes=self.get(
+                raw, p, "max_inflight_bytes", int, 128 * 1024 * 1024, checks.positive
             ),
             log_format=self.get(raw, p, "log_format", str, "text", checks.one_of("text", "json")),
             shutdown_grace=self.get(raw, p, "shutdown_grace", float, 10.0, checks.non_negative),
@@ -215,7 +237,7 @@ class _Reader(TreeWalker):
             password=password,
         )
 
-    def inbound(self, raw: dict[str, Any], p: str) -> InboundConfig | None:
+    def inbound(self, raw: dict[str, Any], p: str, server_limit: int) -> InboundConfig | None:
         self.unknown(
             raw,
             p,
@@ -234,6 +256,7 @@ class _Reader(TreeWalker):
                 "auth_username",
                 "auth_password",
                 "bearer_token",
+                "max_body_bytes",
             },
         )
         before = len(self.problems)
@@ -243,10 +266,11 @@ class _Reader(TreeWalker):
         for required in ("name", "path"):
             if required not in raw:
                 self.fail(f"{p}{required}", "is required")
+        kind_value = InboundKind(kind) if kind in set(InboundKind) else InboundKind.MAILCHIMP
         inbound = InboundConfig(
             name=name,
             path=path,
-            kind=InboundKind(kind) if kind in set(InboundKind) else InboundKind.MAILCHIMP,
+            kind=kind_value,
             source=self.get(raw, p, "source", str, name or "default", checks.name),
             secret=self.optional_str(raw, p, "secret"),
             event_type=self.optional_str(raw, p, "event_type"),
@@ -258,6 +282,14 @@ class _Reader(TreeWalker):
             auth_username=self.optional_str(raw, p, "auth_username"),
             auth_password=self.optional_str(raw, p, "auth_password"),
             bearer_token=self.optional_str(raw, p, "bearer_token"),
+            max_body_bytes=self.get(
+                raw,
+                p,
+                "max_body_bytes",
+                int,
+                default_body_limit(kind_value, server_limit),
+                checks.positive,
+            ),
         )
         if inbound.kind is InboundKind.JOURNEY and not (
             inbound.event_type or inbound.event_type_header

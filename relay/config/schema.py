@@ -27,11 +27,27 @@ class ConfigError(Exception):
         self.warnings = warnings or []
 
 
+# What each kind of inbound really receives: an audience webhook or a journey step is one event
+# of a few kilobytes, so their default limit is ~100x the largest seen; a Mandrill batch holds up
+# to 1,000 events and reaches megabytes, so it gets [server] max_body_bytes.
+SMALL_BODY_LIMIT = 256 * 1024
+
+
+def default_body_limit(kind: InboundKind, server_limit: int) -> int:
+    """An inbound's max_body_bytes when it sets none: its kind's, never over the server's."""
+    if kind is InboundKind.MANDRILL:
+        return server_limit
+    return min(SMALL_BODY_LIMIT, server_limit)
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 10 * 1024 * 1024
+    # Request bodies held in memory at once, across all requests, from before they are read
+    # until they are stored; past it new requests get 503 (Mailchimp retries).
+    max_inflight_bytes: int = 128 * 1024 * 1024
     log_format: str = "text"
     # How long SIGTERM waits for in-flight deliveries before cancelling them (they stay leased
     # and are retried after the lease, so nothing is lost either way).
@@ -105,6 +121,8 @@ class InboundConfig:
     auth_username: str | None = None
     auth_password: str | None = None
     bearer_token: str | None = None
+    # Larger bodies get 413; the reader fills in default_body_limit() when the TOML sets none.
+    max_body_bytes: int = SMALL_BODY_LIMIT
 
 
 @dataclass(frozen=True, slots=True)

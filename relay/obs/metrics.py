@@ -34,6 +34,8 @@ REQUEST_OUTCOMES = (
     "too_large",
     "read_timeout",
     "unsupported",
+    "overloaded",
+    "aborted",
     "store_error",
 )
 
@@ -146,6 +148,12 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("relay_ready", "1 when storage is writable and workers run.", registry=r)
+        self.inflight_bytes = Gauge(
+            "relay_request_body_bytes_in_progress",
+            "Bytes of inbound request bodies held, from before they are read until they are "
+            "stored ([server] max_inflight_bytes caps it).",
+            registry=r,
+        )
         self.build_info = Gauge(
             "relay_build_info",
             "relay's version and Python version.",

@@ -18,9 +18,11 @@ from relay.delivery.worker import Dispatcher
 from relay.obs.logs import FLUSH_INTERVAL, flush_logs
 from relay.obs.metrics import Metrics
 from relay.server.admin_api import Admin, admin_middleware
+from relay.server.body import InflightBudget
 from relay.server.console import Console
 from relay.server.control import Control
 from relay.server.ingest import Ingest
+from relay.server.memory import HeapTrimmer, trim_loop
 from relay.store import Store, StoreError, create_store
 
 log = logging.getLogger("relay.app")
@@ -50,6 +52,10 @@ class Relay:
             settings.destinations, store, self.sender, metrics, on_fatal, kinds
         )
         self.control = Control(settings, store, metrics, on_fatal)
+        # Request bodies held in memory, across all inbound requests, and the heap they free.
+        self.budget = InflightBudget(settings.server.max_inflight_bytes)
+        metrics.inflight_bytes.set_function(lambda: self.budget.in_use)
+        self.trimmer = HeapTrimmer(self.budget)
         self._last_write_ok = 0.0
 
     async def ready(self) -> tuple[bool, str]:
@@ -120,7 +126,7 @@ def create_app(
     relay = Relay(settings, the_store, metrics, _fatal_to_stop(app))
     console = Console(settings, the_store, relay.control, metrics, relay.ready)
     app[RELAY_KEY] = relay
-    app.router.add_routes(Ingest(settings, the_store, metrics).routes())
+    app.router.add_routes(Ingest(settings, the_store, metrics, relay.budget).routes())
     _add_health(app)
     if settings.admin.listen is None:
         _add_operator_parts(app, relay, console)
@@ -156,6 +162,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     side_tasks = [
         asyncio.create_task(_stats_loop(relay), name="relay-stats"),
         asyncio.create_task(_flush_loop(), name="relay-log-flush"),
+        asyncio.create_task(trim_loop(relay.trimmer), name="relay-heap-trim"),
     ]
     await relay.control.start()
     try:
