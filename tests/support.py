@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from relay.config import Settings, parse_config
 from relay.server.app import ADMIN_APP_KEY, RELAY_KEY, Relay, create_app
+from relay.server.listener import RelaySite, relay_runner
 
 REPO = Path(__file__).resolve().parents[1]
 # Mailchimp's sample bodies and signature vectors, byte for byte: the repository carries them so
@@ -190,7 +191,8 @@ def toml_value(value: Any) -> str:
 
 
 class RelayUnderTest:
-    """A relay app served on a real socket, with a client session to post to it.
+    """A relay app served on a real socket as `relay serve` serves it (its runner settings and
+    its listener), with a client session to post to it.
 
     With ``[admin] listen`` the operator half is served on a second real socket
     (``admin_server``); ``admin_url`` gives its addresses (the main one's without it).
@@ -198,39 +200,44 @@ class RelayUnderTest:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.server: TestServer | None = None
-        self.admin_server: TestServer | None = None
+        self.app = create_app(self.settings, registry=CollectorRegistry())
+        self.runners: list[web.AppRunner] = []
+        self.site: RelaySite | None = None
+        self.admin_server: RelaySite | None = None
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> RelayUnderTest:
-        app = create_app(self.settings, registry=CollectorRegistry())
-        self.server = TestServer(app, host="127.0.0.1")
-        await self.server.start_server()
-        admin = app.get(ADMIN_APP_KEY)
+        self.site = await self._serve(self.app)
+        admin = self.app.get(ADMIN_APP_KEY)
         if admin is not None:
-            self.admin_server = TestServer(admin, host="127.0.0.1")
-            await self.admin_server.start_server()
+            self.admin_server = await self._serve(admin)
         self.session = aiohttp.ClientSession()
         return self
 
+    async def _serve(self, app: web.Application) -> RelaySite:
+        runner = relay_runner(app, self.settings.server)
+        await runner.setup()
+        self.runners.append(runner)
+        site = RelaySite(runner, "127.0.0.1", 0, self.relay.gate)
+        await site.start()
+        return site
+
     def admin_url(self, path: str) -> str:
-        server = self.admin_server or self.server
-        assert server is not None
-        return str(server.make_url(path))
+        site = self.admin_server or self.site
+        assert site is not None
+        return f"http://127.0.0.1:{site.port}{path}"
 
     @property
     def relay(self) -> Relay:
-        assert self.server is not None
-        return self.server.app[RELAY_KEY]
+        return self.app[RELAY_KEY]
 
     @property
     def port(self) -> int:
-        assert self.server is not None and self.server.port is not None
-        return self.server.port
+        assert self.site is not None
+        return self.site.port
 
     def url(self, path: str) -> str:
-        assert self.server is not None
-        return str(self.server.make_url(path))
+        return f"http://127.0.0.1:{self.port}{path}"
 
     async def post(
         self,
@@ -251,10 +258,8 @@ class RelayUnderTest:
     async def stop(self) -> None:
         if self.session is not None:
             await self.session.close()
-        if self.admin_server is not None:
-            await self.admin_server.close()
-        if self.server is not None:
-            await self.server.close()
+        for runner in reversed(self.runners):
+            await runner.cleanup()
 
 
 RelayFactory = Callable[[str], Awaitable[RelayUnderTest]]
@@ -283,10 +288,17 @@ class RelayProcess:
     """A real ``relay serve`` process, started from a config file, its output kept in ``log``."""
 
     def __init__(
-        self, config: Path, port: int, log: Path, env: dict[str, str] | None = None
+        self,
+        config: Path,
+        port: int,
+        log: Path,
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         self.config, self.port, self.log = config, port, log
         self.env = env
+        # Runs in the child before relay starts: lower its resource limits, say.
+        self.preexec_fn = preexec_fn
         self.proc: subprocess.Popen[bytes] | None = None
 
     def url(self, path: str) -> str:
@@ -300,6 +312,7 @@ class RelayProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
+                preexec_fn=self.preexec_fn,
             )
 
         async def ready() -> bool:

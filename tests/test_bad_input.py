@@ -73,8 +73,7 @@ def db_of(relay: RelayUnderTest) -> Path:
 
 
 def port_of(relay: RelayUnderTest) -> int:
-    assert relay.server is not None and relay.server.port is not None
-    return relay.server.port
+    return relay.port
 
 
 async def exchange(port: int, data: bytes, *, half_close: bool = False) -> bytes:

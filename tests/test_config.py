@@ -174,6 +174,8 @@ def test_missing_environment_variable_names_key_and_variable() -> None:
         ),
         ("[server]\nmax_body_bytes = -1", "server.max_body_bytes: must be greater than 0"),
         ("[server]\nread_timeout = 0", "server.read_timeout: must be greater than 0"),
+        ("[server]\nheader_timeout = 0", "server.header_timeout: must be greater than 0"),
+        ("[server]\nmax_connections = 0", "server.max_connections: must be greater than 0"),
         ("[storage]\nmax_size_mb = 0", "storage.max_size_mb: must be greater than 0"),
         ('[storage]\nmax_size_mb = "1GB"', "storage.max_size_mb: must be a number"),
         (
@@ -273,6 +275,7 @@ def test_each_inbound_kind_has_a_body_limit_that_fits_it(
     s = parse_config(f"[server]\n{server}\n{KINDS}", {})
     assert {i.name: i.max_body_bytes for i in s.inbounds} == expected
     assert s.server.max_inflight_bytes == 134217728
+    assert (s.server.max_connections, s.server.header_timeout) == (10000, 10.0)
 
 
 def test_the_inflight_budget_must_hold_the_largest_body() -> None:

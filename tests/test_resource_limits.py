@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import resource
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ import aiohttp
 import pytest
 
 from relay.server.body import InflightBudget
+from relay.server.listener import connection_limit
 from tests.support import RelayProcess, config_text, free_port, stored_bodies, wait_until
 
 pytestmark = pytest.mark.slow
@@ -182,3 +185,128 @@ def test_a_share_of_the_budget_is_all_or_nothing_and_given_back_whole() -> None:
         assert not first.take(1)
     assert budget.in_use == 0
     assert budget.take_peak() == 10 and budget.take_peak() == 0
+
+
+FD_LIMIT = 128  # RLIMIT_NOFILE of the relay under test: 64 for connections, 64 kept back
+
+
+@pytest.fixture
+async def fd_relay(tmp_path: Path) -> AsyncIterator[RelayProcess]:
+    port = free_port()
+    cfg = tmp_path / "relay.toml"
+    # read_timeout is long: what closes a connection that sends nothing is header_timeout.
+    cfg.write_text(
+        config_text(
+            tmp_path / "relay.db",
+            port=port,
+            server_extra="header_timeout = 1.0\nread_timeout = 60.0",
+        )
+    )
+
+    def lower_fd_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+
+    relay = RelayProcess(cfg, port, tmp_path / "relay.log", preexec_fn=lower_fd_limit)
+    await relay.start()
+    yield relay
+    relay.ensure_stopped()
+
+
+async def _closed(reader: asyncio.StreamReader) -> bool:
+    try:
+        async with asyncio.timeout(0.01):
+            return await reader.read(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+
+
+async def _webhook(port: int) -> bytes:
+    body = b"type=subscribe&data%5Bid%5D=1"
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head(len(body)) + body)
+    answer = await asyncio.wait_for(reader.read(4096), 10)
+    writer.close()
+    return answer
+
+
+async def test_connections_past_the_limit_are_refused_and_idle_ones_closed_after_header_timeout(
+    fd_relay: RelayProcess,
+) -> None:
+    relay = fd_relay
+    await wait_until(
+        lambda: "max_connections lowered from 10000 to 64" in relay.log.read_text(),
+        what="the start-up line saying how many connections fit the fd limit",
+    )
+    idle = [await asyncio.open_connection("127.0.0.1", relay.port) for _ in range(80)]
+    try:
+        await wait_until(
+            lambda: "refusing connections: 64 open, max_connections is 64" in relay.log.read_text(),
+            what="the refusal to be logged",
+        )
+
+        # Connections that send no request are closed after header_timeout (1 s), not after
+        # read_timeout (60 s): a real webhook gets in again.
+        async def all_closed() -> bool:
+            return all([await _closed(r) for r, _ in idle])
+
+        await wait_until(all_closed, timeout=10, what="idle connections to be closed")
+        assert (await _webhook(relay.port)).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for _, w in idle:
+            w.close()
+    assert await metric(relay, 'relay_connections_rejected_total{reason="max_connections"}') == 16
+    assert await metric(relay, 'relay_connections_rejected_total{reason="header_timeout"}') == 64
+    relay.kill(signal.SIGTERM)
+    assert await asyncio.to_thread(relay.wait, 20) == 0
+    log = relay.log.read_text()
+    # One line for the burst of refusals, one for the burst of slow connections: not 80.
+    assert log.count("refusing connections") == 1
+    assert log.count("sent no complete request headers") == 1
+    assert "Traceback" not in log
+
+
+async def test_accept_failing_for_lack_of_fds_is_logged_and_the_waiting_webhook_is_served(
+    fd_relay: RelayProcess,
+) -> None:
+    relay = fd_relay
+    assert relay.proc is not None
+    pid = relay.proc.pid
+    in_use = len(os.listdir(f"/proc/{pid}/fd"))
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use + 4, FD_LIMIT))
+    idle = [await asyncio.open_connection("127.0.0.1", relay.port) for _ in range(8)]
+    try:
+        webhook = asyncio.create_task(_webhook(relay.port))
+        await wait_until(
+            lambda: "cannot accept connections: Too many open files" in relay.log.read_text(),
+            what="the failed accept to be logged",
+        )
+        assert not webhook.done()
+        # Descriptors come back: the webhook waited in the backlog and is answered, not dropped.
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+        assert (await webhook).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for _, w in idle:
+            w.close()
+    assert await metric(relay, 'relay_connections_rejected_total{reason="fd_exhausted"}') >= 1
+    relay.kill(signal.SIGTERM)
+    assert await asyncio.to_thread(relay.wait, 20) == 0
+    log = relay.log.read_text()
+    assert log.count("cannot accept connections") == 1
+    assert "Traceback" not in log
+
+
+@pytest.mark.parametrize(
+    ("configured", "fd_limit", "reserve", "expected"),
+    [
+        (10000, 65536, 84, 10000),  # the systemd unit's limit: room for all
+        (10000, 1024, 84, 940),  # a shell's default: what fits
+        (100, 1024, 84, 100),
+        (10000, 70, 64, 8),  # a handful, whatever happens
+    ],
+)
+def test_max_connections_fits_under_the_descriptor_limit(
+    configured: int, fd_limit: int, reserve: int, expected: int
+) -> None:
+    assert connection_limit(configured, fd_limit, reserve) == expected

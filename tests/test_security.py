@@ -307,7 +307,7 @@ async def test_error_answers_carry_no_traceback_or_internals(
     tmp_path: Path, start_relay: RelayFactory
 ) -> None:
     relay = await start_relay(config_text(tmp_path / "relay.db"))
-    assert relay.session is not None and relay.server is not None
+    assert relay.session is not None
     answers = []
     for method, path, data in [
         ("POST", "/hooks/user?secret=bad", BODY),
@@ -320,7 +320,7 @@ async def test_error_answers_carry_no_traceback_or_internals(
             method, relay.url(path), data=data, headers={"Accept": "text/html"}
         ) as r:
             answers.append((r.status, await r.text()))
-    reader, writer = await asyncio.open_connection("127.0.0.1", relay.server.port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
     writer.write(b"POST /hooks/user HTTP/1.1\r\nContent-Length: x\r\n\r\n")
     answers.append((400, (await reader.read()).decode("latin-1")))
     writer.close()

@@ -24,7 +24,8 @@ from relay.cli.store_lock import StoreLockError, acquire_store_lock
 from relay.config import ConfigError, Settings, load_config
 from relay.config.checks import parse_listen
 from relay.obs.logs import flush_logs, setup_logging
-from relay.server.app import ADMIN_APP_KEY, FATAL_KEY, create_app
+from relay.server.app import ADMIN_APP_KEY, FATAL_KEY, RELAY_KEY, create_app
+from relay.server.listener import RelaySite, fd_reserve, raise_fd_limit, relay_runner
 from relay.store import StoreError
 
 log = logging.getLogger("relay.cli")
@@ -100,7 +101,13 @@ def _fatal(message: str) -> int:
 
 async def _serve(settings: Settings) -> int:
     app = create_app(settings)
-    runner = _runner(app, settings)
+    # Each client connection holds a descriptor: ask for enough, and fit max_connections to
+    # what the service manager allows, so relay refuses connections before accept() fails.
+    reserve = fd_reserve(settings)
+    raise_fd_limit(settings.server.max_connections + reserve)
+    gate = app[RELAY_KEY].gate
+    gate.fit_to_fd_limit(reserve)
+    runner = relay_runner(app, settings.server)
     try:
         await runner.setup()
     except StoreError as exc:
@@ -109,12 +116,13 @@ async def _serve(settings: Settings) -> int:
     admin = app.get(ADMIN_APP_KEY)
     if admin is not None and settings.admin.listen is not None:
         # Set up after the main app, whose startup opens storage and starts the workers.
-        admin_runner = _runner(admin, settings)
+        admin_runner = relay_runner(admin, settings.server)
         await admin_runner.setup()
         served.append((admin_runner, *settings.admin.listen))
     for r, host, port in served:
         try:
-            await web.TCPSite(r, host, port, backlog=1024).start()
+            # Both addresses share one gate: their connections take descriptors from one limit.
+            await RelaySite(r, host, port, gate).start()
         except OSError as exc:
             # asyncio's strerror repeats the address; the errno's own text is the reason.
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
@@ -158,18 +166,6 @@ async def _serve(settings: Settings) -> int:
         await stop_task
     flush_logs()
     return code
-
-
-def _runner(app: web.Application, settings: Settings) -> web.AppRunner:
-    return web.AppRunner(
-        app,
-        access_log=None,
-        handle_signals=False,
-        # aiohttp's defaults let an idle or header-trickling client keep a connection for an
-        # hour, and a request still in progress delay shutdown by up to two minutes.
-        keepalive_timeout=settings.server.read_timeout,
-        shutdown_timeout=settings.server.shutdown_grace,
-    )
 
 
 def cmd_sink(args: argparse.Namespace) -> int:

@@ -149,6 +149,8 @@ class _Reader(TreeWalker):
                 "log_format",
                 "shutdown_grace",
                 "read_timeout",
+                "header_timeout",
+                "max_connections",
             },
         )
         listen = self.get(raw, p, "listen", str, "127.0.0.1:8080")
@@ -170,6 +172,8 @@ class _Reader(TreeWalker):
             log_format=self.get(raw, p, "log_format", str, "text", checks.one_of("text", "json")),
             shutdown_grace=self.get(raw, p, "shutdown_grace", float, 10.0, checks.non_negative),
             read_timeout=self.get(raw, p, "read_timeout", float, 75.0, checks.positive),
+            header_timeout=self.get(raw, p, "header_timeout", float, 10.0, checks.positive),
+            max_connections=self.get(raw, p, "max_connections", int, 10000, checks.positive),
         )
 
     def admin(self, raw: dict[str, Any], server: ServerConfig) -> AdminConfig:

@@ -52,9 +52,15 @@ class ServerConfig:
     # How long SIGTERM waits for in-flight deliveries before cancelling them (they stay leased
     # and are retried after the lease, so nothing is lost either way).
     shutdown_grace: float = 10.0
-    # How long a client may take to send its headers, and then its body; also how long an idle
-    # keep-alive connection stays open. Longer than a reverse proxy's usual 60 s keep-alive.
+    # How long a client may take to send its body; also how long an idle keep-alive connection
+    # stays open. Longer than a reverse proxy's usual 60 s keep-alive.
     read_timeout: float = 75.0
+    # How long a client may take to send a request's headers (from connecting, or from the first
+    # byte of a further request on a kept-alive connection): a connection that sends nothing
+    # useful is closed in seconds, not after the keep-alive time.
+    header_timeout: float = 10.0
+    # Client connections open at once; past it new ones are closed as they are accepted.
+    max_connections: int = 10000
 
 
 @dataclass(frozen=True, slots=True)

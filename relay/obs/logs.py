@@ -203,3 +203,31 @@ def setup_logging(log_format: str, level: int = logging.INFO) -> BufferedHandler
 def flush_logs() -> None:
     for handler in logging.getLogger().handlers:
         handler.flush()
+
+
+class Throttled:
+    """One log line per ``interval`` for a condition that can recur thousands of times a second
+    (a connection flood): the first at once, then one saying how many were not logged.
+
+        refusals = Throttled(log, logging.WARNING)
+        refusals.log("refusing connections: %d open", open_now)
+    """
+
+    def __init__(self, logger: logging.Logger, level: int, interval: float = 10.0) -> None:
+        self.logger = logger
+        self.level = level
+        self.interval = interval
+        self._last = -interval
+        self._unlogged = 0
+
+    def log(self, message: str, *args: object) -> bool:
+        """Log now if the interval has passed (True), else count the occurrence (False)."""
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._unlogged += 1
+            return False
+        if self._unlogged:
+            message += f" ({self._unlogged} more since the last such line)"
+        self.logger.log(self.level, message, *args)
+        self._last, self._unlogged = now, 0
+        return True

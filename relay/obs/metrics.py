@@ -38,6 +38,8 @@ REQUEST_OUTCOMES = (
     "aborted",
     "store_error",
 )
+# Why relay_connections_rejected_total counted a connection; each series exists from the start.
+CONNECTION_REJECTIONS = ("max_connections", "fd_exhausted", "header_timeout")
 
 
 class Metrics:
@@ -148,6 +150,17 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("relay_ready", "1 when storage is writable and workers run.", registry=r)
+        self.connections_open = Gauge(
+            "relay_connections_open", "Client connections open now.", registry=r
+        )
+        self.connections_rejected = Counter(
+            "relay_connections_rejected",
+            "Client connections refused or closed before a request: max_connections (closed "
+            "as accepted), fd_exhausted (accept failed for lack of file descriptors), "
+            "header_timeout (no complete headers within header_timeout).",
+            ["reason"],
+            registry=r,
+        )
         self.inflight_bytes = Gauge(
             "relay_request_body_bytes_in_progress",
             "Bytes of inbound request bodies held, from before they are read until they are "
@@ -172,6 +185,8 @@ class Metrics:
         for destination in destinations:
             self.dead.labels(destination)
             self.replayed.labels(destination)
+        for reason in CONNECTION_REJECTIONS:
+            self.connections_rejected.labels(reason)
 
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format, without the ``*_created`` series.

@@ -22,6 +22,7 @@ from relay.server.body import InflightBudget
 from relay.server.console import Console
 from relay.server.control import Control
 from relay.server.ingest import Ingest
+from relay.server.listener import ConnectionGate, connection_middleware
 from relay.server.memory import HeapTrimmer, trim_loop
 from relay.store import Store, StoreError, create_store
 
@@ -41,11 +42,14 @@ class Relay:
         settings: Settings,
         store: Store,
         metrics: Metrics,
+        gate: ConnectionGate,
         on_fatal: Callable[[BaseException], None],
     ) -> None:
         self.settings = settings
         self.store = store
         self.metrics = metrics
+        # Connections to this relay, counted and timed by the sites that serve it (RelaySite).
+        self.gate = gate
         self.sender = Sender()
         kinds = {i.name: i.kind for i in settings.inbounds}
         self.dispatcher = Dispatcher(
@@ -123,7 +127,10 @@ def create_app(
     )
     the_store.on_commit = metrics.observe_commit
     app = web.Application(client_max_size=settings.server.max_body_bytes)
-    relay = Relay(settings, the_store, metrics, _fatal_to_stop(app))
+    # Connections to either address are counted and timed by the sites serving them (RelaySite).
+    gate = ConnectionGate(settings.server, metrics)
+    app.middlewares.append(connection_middleware(gate))
+    relay = Relay(settings, the_store, metrics, gate, _fatal_to_stop(app))
     console = Console(settings, the_store, relay.control, metrics, relay.ready)
     app[RELAY_KEY] = relay
     app.router.add_routes(Ingest(settings, the_store, metrics, relay.budget).routes())
@@ -132,6 +139,7 @@ def create_app(
         _add_operator_parts(app, relay, console)
     else:
         admin = web.Application()
+        admin.middlewares.append(connection_middleware(gate))
         admin[RELAY_KEY] = relay
         _add_health(admin)
         _add_operator_parts(admin, relay, console)
