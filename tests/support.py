@@ -133,6 +133,13 @@ source = "admin"
 """
 
 
+def audience_inbounds(max_body_bytes: int) -> str:
+    """AUDIENCE_INBOUNDS with the user one's own body limit, over its kind's default (256 KiB)."""
+    return AUDIENCE_INBOUNDS.replace(
+        'source = "user"\n', f'source = "user"\nmax_body_bytes = {max_body_bytes}\n', 1
+    )
+
+
 def config_text(
     db: Path,
     destinations: str = "",
@@ -303,6 +310,11 @@ class RelayProcess:
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "start() first"
+        return self.proc.pid
 
     async def start(self) -> None:
         env = {**os.environ, **self.env} if self.env is not None else None

@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support import (
-    AUDIENCE_INBOUNDS,
     RelayFactory,
     RelayProcess,
     RelayUnderTest,
+    audience_inbounds,
     config_text,
     free_port,
     sample,
@@ -31,13 +31,6 @@ from tests.support import (
 )
 
 BODY = sample("mc_doc_subscribe.txt")
-
-
-def audience_inbounds(max_body_bytes: int) -> str:
-    """The audience inbounds with a body limit over their kind's default (256 KiB)."""
-    return AUDIENCE_INBOUNDS.replace(
-        'source = "user"\n', f'source = "user"\nmax_body_bytes = {max_body_bytes}\n'
-    )
 
 
 INBOUNDS = (

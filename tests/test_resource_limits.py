@@ -8,20 +8,29 @@ RLIMIT_NOFILE for the relay it starts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import resource
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 from relay.server.body import InflightBudget
 from relay.server.listener import connection_limit
-from tests.support import RelayProcess, config_text, free_port, stored_bodies, wait_until
+from tests.support import (
+    RelayProcess,
+    audience_inbounds,
+    config_text,
+    free_port,
+    stored_bodies,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -61,17 +70,25 @@ class Upload:
     answer: asyncio.Task[bytes]
 
 
+@contextlib.asynccontextmanager
+async def running_relay(
+    tmp_path: Path, preexec_fn: Callable[[], None] | None = None, **config: Any
+) -> AsyncIterator[RelayProcess]:
+    """A real relay process from ``config_text(**config)``, stopped on the way out."""
+    port = free_port()
+    cfg = tmp_path / "relay.toml"
+    cfg.write_text(config_text(tmp_path / "relay.db", port=port, **config))
+    relay = RelayProcess(cfg, port, tmp_path / "relay.log", preexec_fn=preexec_fn)
+    await relay.start()
+    try:
+        yield relay
+    finally:
+        relay.ensure_stopped()
+
+
 @pytest.fixture
 async def budget_relay(tmp_path: Path) -> AsyncIterator[RelayProcess]:
-    inbounds = f"""
-[[inbound]]
-name = "audience-user"
-path = "/hooks/user"
-kind = "mailchimp"
-secret = "s3cret"
-source = "user"
-max_body_bytes = {LIMIT}
-
+    journey = """
 [[inbound]]
 name = "journey"
 path = "/hooks/journey"
@@ -79,21 +96,13 @@ kind = "journey"
 secret = "s3cret"
 event_type = "journey.welcome"
 """
-    port = free_port()
-    cfg = tmp_path / "relay.toml"
-    cfg.write_text(
-        config_text(
-            tmp_path / "relay.db",
-            inbounds=inbounds,
-            port=port,
-            max_body_bytes=LIMIT,
-            server_extra=f"max_inflight_bytes = {BUDGET}",
-        )
-    )
-    relay = RelayProcess(cfg, port, tmp_path / "relay.log")
-    await relay.start()
-    yield relay
-    relay.ensure_stopped()
+    async with running_relay(
+        tmp_path,
+        inbounds=audience_inbounds(LIMIT) + journey,
+        max_body_bytes=LIMIT,
+        server_extra=f"max_inflight_bytes = {BUDGET}",
+    ) as relay:
+        yield relay
 
 
 async def _hold_uploads(relay: RelayProcess, count: int, body: bytes) -> list[Upload]:
@@ -121,9 +130,7 @@ async def _hold_uploads(relay: RelayProcess, count: int, body: bytes) -> list[Up
 async def test_uploads_past_the_budget_get_503_and_memory_is_bounded_and_given_back(
     budget_relay: RelayProcess,
 ) -> None:
-    relay = budget_relay
-    assert relay.proc is not None
-    pid = relay.proc.pid
+    relay, pid = budget_relay, budget_relay.pid
     body = b"type=subscribe&data=" + b"x" * (LIMIT - 20)
     baseline = rss(pid)
     for _ in range(2):  # a second round reuses freed heap: that is where RSS used to stick
@@ -192,24 +199,14 @@ FD_LIMIT = 128  # RLIMIT_NOFILE of the relay under test: 64 for connections, 64 
 
 @pytest.fixture
 async def fd_relay(tmp_path: Path) -> AsyncIterator[RelayProcess]:
-    port = free_port()
-    cfg = tmp_path / "relay.toml"
-    # read_timeout is long: what closes a connection that sends nothing is header_timeout.
-    cfg.write_text(
-        config_text(
-            tmp_path / "relay.db",
-            port=port,
-            server_extra="header_timeout = 1.0\nread_timeout = 60.0",
-        )
-    )
-
     def lower_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
 
-    relay = RelayProcess(cfg, port, tmp_path / "relay.log", preexec_fn=lower_fd_limit)
-    await relay.start()
-    yield relay
-    relay.ensure_stopped()
+    # read_timeout is long: what closes a connection that sends nothing is header_timeout.
+    async with running_relay(
+        tmp_path, lower_fd_limit, server_extra="header_timeout = 1.0\nread_timeout = 60.0"
+    ) as relay:
+        yield relay
 
 
 async def _closed(reader: asyncio.StreamReader) -> bool:
@@ -270,9 +267,7 @@ async def test_connections_past_the_limit_are_refused_and_idle_ones_closed_after
 async def test_accept_failing_for_lack_of_fds_is_logged_and_the_waiting_webhook_is_served(
     fd_relay: RelayProcess,
 ) -> None:
-    relay = fd_relay
-    assert relay.proc is not None
-    pid = relay.proc.pid
+    relay, pid = fd_relay, fd_relay.pid
     in_use = len(os.listdir(f"/proc/{pid}/fd"))
     resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use + 4, FD_LIMIT))
     idle = [await asyncio.open_connection("127.0.0.1", relay.port) for _ in range(8)]
