@@ -154,6 +154,15 @@ class ClaimedDelivery:
     fired_at: float | None = None
     created_at: float | None = None  # when the delivery was made (a replay's is the replay's)
     claimed_at: float | None = None  # the store's clock when this attempt's lease began
+    # Attempts that did not count against max_attempts (they failed while the destination's
+    # circuit was open); ``attempt`` counts every attempt sent.
+    held_attempts: int = 0
+    probe: bool = False  # sent alone to find out whether a destination that was down is back
+
+    @property
+    def charged_attempt(self) -> int:
+        """This attempt's number as retry limits count it."""
+        return self.attempt - self.held_attempts
 
 
 @dataclass(frozen=True, slots=True)

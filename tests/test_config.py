@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import ConfigError, parse_config
+from relay.config import BreakerPolicy, ConfigError, RateLimit, parse_config
 from relay.model import InboundKind
 
 CONTRACT_EXAMPLE = """
@@ -36,6 +36,11 @@ types = ["subscribe", "unsubscribe"]
 sources = ["user", "admin"]
 timeout = 10.0
 headers = { Authorization = "Bearer ${CRM_TOKEN}" }
+rate = 50
+[destination.breaker]
+failures = 20
+probe_interval = 1.0
+max_probe_interval = 60.0
 [destination.retry]
 max_attempts = 10
 initial_delay = 5.0
@@ -66,6 +71,8 @@ def test_contract_example_loads_with_environment_substitution() -> None:
         3600.0,
     )
     assert crm.retry.max_age is None
+    assert crm.rate_limit == RateLimit(rate=50.0, burst=5.0)
+    assert crm.breaker == BreakerPolicy(failures=20, probe_interval=1.0, max_probe_interval=60.0)
     aged = parse_config(CONTRACT_EXAMPLE + "max_age = 86400\n", ENV)
     assert aged.destinations[0].retry.max_age == 86400.0
 

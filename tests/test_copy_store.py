@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from relay.config import StorageConfig
+from relay.config import BreakerPolicy, StorageConfig
 from relay.model import (
     AttemptOutcome,
     AttemptResult,
@@ -36,8 +36,11 @@ from relay.model import (
 from relay.store import Store, create_store
 from relay.store.copy import CopyError, CopyReport
 from relay.store.copy import copy_store as copy_store_engine
+from relay.store.gate import Gate
 from relay.store.migrate import migrate_store
+from relay.store.postgres.migrate import latest_version as postgres_version
 from relay.store.sqlfile import migrations
+from relay.store.sqlite.migrate import latest_version
 from tests.pg import pg_url, with_password
 from tests.support import (
     ADMIN_TABLE,
@@ -56,6 +59,8 @@ from tests.support import (
 )
 
 __all__ = ["pg_url"]  # the fixture, imported for the tests below
+
+DOWN = Gate(breaker=BreakerPolicy(failures=1, probe_interval=3600.0))
 
 PASSWORD = "hunter2-not-printed"  # trust auth accepts any password; none may be printed
 
@@ -153,6 +158,15 @@ async def make_source(db: Path, sink: Sink, start_relay: RelayFactory) -> None:
         await store.add_replay_deliveries(replay, pairs, matched=2, cursor=originals[1].seq)
         await store.finish_replay(replay, ReplayState.DONE)
         assert await store.try_lease("retention", "old-relay:1:abc", 600.0)
+        # A destination whose circuit is open, with an attempt held (not charged) meanwhile.
+        await store.ingest(raw_request(), [
+            NewEvent("audience-user", "user", "subscribe", time.time(), ("down",))
+        ])  # fmt: skip
+        (down,) = (await store.claim_gated("down", 1, 30.0, DOWN)).deliveries
+        refused = AttemptResult(AttemptOutcome.CONNECTION_ERROR, time.time(), 0.01, error="no")
+        gave_up = Decision(DeliveryState.DEAD, reason="gave up")
+        held = await store.complete_gated(down, refused, gave_up, DOWN)
+        assert held.change is not None and not held.charged
     finally:
         await store.close()
 
@@ -191,6 +205,9 @@ async def assert_same_stores(source: Store, target: Store) -> None:
     assert replay is not None and await target.get_replay(1) == replay
     assert await target.paused_destinations() == await source.paused_destinations() == {"dw"}
     assert await target.destination_stats() == await source.destination_stats()
+    # A circuit open in the source is open in the copy, its probe schedule kept.
+    gates = await source.gate_states()
+    assert gates["down"].open and await target.gate_states() == gates
     # The lease is the source's: the old relay's owner still holds it until it runs out.
     assert not await target.try_lease("retention", "new-relay", 600.0)
 
@@ -207,11 +224,22 @@ async def test_a_sqlite_store_copied_to_postgresql_is_identical_and_a_relay_carr
 
     assert done.returncode == 0, done.stderr
     assert PASSWORD not in done.stdout + done.stderr
-    assert "1 migration applied" in done.stdout and "verified:" in done.stdout
+    applied = postgres_version()
+    assert f"{applied} migration{'' if applied == 1 else 's'} applied" in done.stdout
+    assert "verified:" in done.stdout
     assert "events            [########################] 100%" in done.stdout
     source_store, target_store = await open_store(f"sqlite:///{db}"), await open_store(target)
     try:
         await assert_same_stores(source_store, target_store)
+        # The attempt the open circuit held is still not charged in the copy.
+        conn = await asyncpg.connect(pg_url)
+        try:
+            held = await conn.fetchval(
+                "SELECT held_attempts FROM deliveries WHERE destination = 'down'"
+            )
+        finally:
+            await conn.close()
+        assert held == 1
         copied = await all_events(source_store)
         top_seq = max(e.seq for e in copied)
         top_delivery = max(d.delivery.id for d in await all_deliveries(source_store, None))
@@ -509,7 +537,8 @@ async def test_a_source_at_an_older_schema_is_refused_until_migrated(tmp_path: P
     conn.close()
     target = f"sqlite:///{tmp_path}/new.db"
 
-    with pytest.raises(CopyError, match="schema is at version 2, this relay's at 3: run relay mig"):
+    newest = latest_version()
+    with pytest.raises(CopyError, match=f"schema is at version 2, this relay's at {newest}: run"):
         await copy_in_process(f"sqlite:///{db}", target)
     await migrate_store(StorageConfig(url=f"sqlite:///{db}"))
     assert (await copy_in_process(f"sqlite:///{db}", target))[0].ok

@@ -70,3 +70,16 @@ def test_ingest_takes_the_next_position_from_the_position_index(conn: sqlite3.Co
 def test_complete_updates_by_primary_key(conn: sqlite3.Connection) -> None:
     text = plan(conn, sqlite_batch._COMPLETE, ("delivered", None, 1.0, 1.0, 200, None, 1, 1))
     assert "USING INTEGER PRIMARY KEY" in text, text
+
+
+def test_gated_claims_and_completes_read_and_write_by_primary_key(
+    conn: sqlite3.Connection,
+) -> None:
+    from relay.store.sqlite import gates
+
+    assert "SEARCH destination_gates USING INDEX sqlite_autoindex_destination_gates_1" in plan(
+        conn, gates._READ, ("crm",)
+    )
+    assert "SEARCH destination_state USING INDEX" in plan(conn, gates._PAUSED, ("crm",))
+    for sql, params in ((gates._EXPIRE, (1.0, "x", 1)), (gates._HOLD_ATTEMPT, (1, 1))):
+        assert "USING INTEGER PRIMARY KEY" in plan(conn, sql, params), sql

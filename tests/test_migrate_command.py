@@ -58,7 +58,8 @@ async def test_a_postgresql_database_is_migrated_once_and_its_password_never_pri
 
     assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
     latest = postgres_version()
-    assert first.stdout == f"storage {masked}: schema at version {latest}, 1 migration applied\n"
+    applied = f"{latest} migration{'' if latest == 1 else 's'} applied"
+    assert first.stdout == f"storage {masked}: schema at version {latest}, {applied}\n"
     assert again.stdout == f"storage {masked}: schema at version {latest}, 0 migrations applied\n"
     conn = await asyncpg.connect(pg_url)
     try:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from relay.config import checks
+from relay.config import checks, limits
 from relay.config.schema import (
     CONTROL_CHARS,
     AdminConfig,
@@ -331,6 +331,8 @@ class _Reader(TreeWalker):
                 "retry",
                 "format",
                 "signing_secret",
+                "breaker",
+                *limits.RATE_KEYS,
             },
         )
         before = len(self.problems)
@@ -390,6 +392,8 @@ class _Reader(TreeWalker):
             retry=retry,
             format=self.get(raw, p, "format", str, "raw", checks.one_of("raw", "json")),
             signing_secret=self.optional_str(raw, p, "signing_secret"),
+            rate_limit=limits.rate_limit(self, raw, p),
+            breaker=limits.breaker(self, raw, p),
         )
         self.unmatchable_types(destination.types, f"{p}types")
         if destination.signing_secret is not None:

@@ -141,6 +141,32 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimit:
+    """``rate`` (with ``burst``): at most ``rate`` attempts a second to a destination, counted
+    across every process sharing the store; up to ``burst`` of them at once after a quiet spell
+    (a token bucket of ``burst`` tokens refilled at ``rate`` a second)."""
+
+    rate: float
+    burst: float
+
+    @staticmethod
+    def default_burst(rate: float) -> float:
+        """A tenth of a second's worth, and at least one: smooth, yet a slow rate still sends."""
+        return max(1.0, float(int(rate / 10)))
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    """``[destination.breaker]``: after ``failures`` consecutive attempts that say the
+    destination is down, stop sending to it but for one probe at a time, the probes
+    ``probe_interval`` apart at first, the interval doubling up to ``max_probe_interval``."""
+
+    failures: int = 20
+    probe_interval: float = 1.0
+    max_probe_interval: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class Condition:
     """One ``match`` condition on a parsed field: exactly one of equals / one_of / exists is set."""
 
@@ -164,6 +190,8 @@ class DestinationConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     format: str = "raw"
     signing_secret: str | None = None
+    rate_limit: RateLimit | None = None
+    breaker: BreakerPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,7 @@ from relay.model import (
     ReplayRecord,
     ReplayState,
 )
+from relay.store.gate import CircuitChange, Completion, Gate, GatedClaim, GateState
 
 # The longest a waiter relies on signals alone: a notification lost with a dropped connection
 # delays work by at most this much.
@@ -59,6 +60,7 @@ class SignalKind(enum.StrEnum):
     DUE = "due"  # deliveries of ``name`` became due now
     PAUSE = "pause"  # destination ``name`` was paused or resumed
     REPLAY = "replay"  # replay ``name`` (its id) was started, cancelled, or needs an owner
+    CIRCUIT = "circuit"  # destination ``name``'s circuit opened, closed or was reset
 
 
 # A signal's name when anything of its kind may have changed (signals were lost meanwhile).
@@ -162,6 +164,29 @@ class DeliveryQueue(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def claim_gated(
+        self, destination: str, limit: int, lease: float, gate: Gate
+    ) -> GatedClaim:
+        """``claim`` through a destination's rate limit and circuit breaker (``gate``).
+
+        Takes only what the destination's shared token bucket holds, and while its circuit is
+        open only one probe at a time (the oldest due delivery, marked ``probe``), all under a
+        lock on the destination's gate, so every process sharing the store shares them. A
+        claimed delivery past ``max_age`` is marked dead instead of being returned. ``wait``
+        says when the gate lets more through if it is what kept the claim short.
+        """
+
+    @abc.abstractmethod
+    async def complete_gated(
+        self, delivery: ClaimedDelivery, result: AttemptResult, decision: Decision, gate: Gate
+    ) -> Completion:
+        """``complete`` for a destination with a circuit breaker: the attempt also moves the
+        circuit (in the same transaction), and an attempt that failed with a down-signal while
+        the circuit is open is recorded as held (pending, not charged against max_attempts)
+        instead of as decided. The Completion says what was recorded and any change of the
+        circuit; the store signals CIRCUIT on a change, to every process."""
+
+    @abc.abstractmethod
     async def due_in(self, destination: str) -> float | None:
         """Seconds until the earliest pending (or leased) delivery of ``destination`` is due
         (0 or less: due now); None when there is none, or while the destination is paused."""
@@ -186,6 +211,15 @@ class Archive(abc.ABC):
     @abc.abstractmethod
     async def destination_stats(self) -> list[DestinationStats]:
         """Unfinished-delivery counts per destination, from indexes only."""
+
+    @abc.abstractmethod
+    async def gate_states(self) -> dict[str, GateState]:
+        """The rate-limit and circuit state of every destination that has one stored."""
+
+    @abc.abstractmethod
+    async def reset_circuit(self, name: str) -> CircuitChange | None:
+        """Close a destination's circuit by hand and start its failure count again; the change
+        when it was open, None when it was not. Signals CIRCUIT to every process."""
 
     @abc.abstractmethod
     async def get_event(self, event_id: str) -> EventDetail | None:

@@ -103,7 +103,7 @@ TABLES: tuple[Table, ...] = (
         "deliveries",
         (("id", I), ("event_id", T), ("destination", T), ("state", T), ("attempts", I),
          ("next_attempt_at", F), ("created_at", F), ("updated_at", F), ("delivered_at", F),
-         ("last_status", I), ("last_error", T), ("replay_id", I)),
+         ("last_status", I), ("last_error", T), ("replay_id", I), ("held_attempts", I)),
         key="id",
         generated=True,
         references=_DELIVERY_COPYABLE.format(d="t"),
@@ -127,6 +127,16 @@ TABLES: tuple[Table, ...] = (
         history=False,
     ),
     Table("leases", (("name", T), ("owner", T), ("until", F)), key="name", history=False),
+    # Rate limits and circuits: a circuit open in the source stays open (and its probes keep
+    # their schedule) in the copy.
+    Table(
+        "destination_gates",
+        (("name", T), ("tokens", F), ("tokens_at", F), ("failures", I), ("opened_at", F),
+         ("open_reason", T), ("probe_interval", F), ("probe_at", F), ("probe_id", I),
+         ("probe_until", F), ("updated_at", F)),
+        key="name",
+        history=False,
+    ),
 )  # fmt: skip
 HISTORY = tuple(table for table in TABLES if table.history)
 STATE = tuple(table for table in TABLES if not table.history)

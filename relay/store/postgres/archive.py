@@ -35,6 +35,8 @@ from relay.store.filters import (
     deliveries_query,
     events_query,
 )
+from relay.store.gate import CircuitChange, CircuitEvent, GateState, row_of, state_of
+from relay.store.gate import reset as reset_gate
 from relay.store.postgres.connect import STORE_ERRORS, store_error
 from relay.store.postgres.writer import CHANNEL, Q
 from relay.store.rows import delivery_record, event_record
@@ -221,6 +223,21 @@ class PostgresArchive:
         if not paused:
             self.signals.emit(Signal(SignalKind.DUE, name))
         return int(status.split()[-1])
+
+    # -- circuits -------------------------------------------------------------------------------
+
+    async def gate_states(self) -> dict[str, GateState]:
+        return {str(r[0]): state_of(r[1:]) for r in await self._fetch(Q["gate_states"])}
+
+    async def reset_circuit(self, name: str) -> CircuitChange | None:
+        async with self._transaction() as conn:
+            row = await conn.fetchrow(Q["lock_gate"], name)
+            state = state_of(row)
+            if state != reset_gate(state):
+                await conn.execute(Q["save_gate"], name, *row_of(reset_gate(state)))
+            await conn.execute(Q["notify"], CHANNEL, f"circuit:{name}")
+        self.signals.emit(Signal(SignalKind.CIRCUIT, name))
+        return CircuitChange(CircuitEvent.CLOSED, "reset by an operator") if state.open else None
 
     async def try_lease(self, name: str, owner: str, seconds: float) -> bool:
         return bool(await self._fetch(Q["try_lease"], name, owner, seconds))

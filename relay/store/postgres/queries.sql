@@ -96,12 +96,13 @@ WITH due AS (
        SET state = 'delivering', attempts = d.attempts + 1,
            next_attempt_at = relay_now() + $3, updated_at = relay_now()
       FROM due WHERE d.id = due.id
-    RETURNING d.id, d.event_id, d.destination, d.attempts, d.replay_id, d.created_at, due.was_due
+    RETURNING d.id, d.event_id, d.destination, d.attempts, d.replay_id, d.created_at, due.was_due,
+              d.held_attempts
 )
 SELECT c.id, c.event_id, c.destination, c.attempts, c.replay_id IS NOT NULL,
        e.inbound, e.source, e.type, e.received_at,
        coalesce(e.payload, r.body), coalesce(e.payload_content_type, r.content_type), e.fired_at,
-       c.created_at, relay_now(), e.id IS NULL
+       c.created_at, relay_now(), e.id IS NULL, c.held_attempts
   FROM claimed c LEFT JOIN events e ON e.id = c.event_id LEFT JOIN requests r ON r.id = e.request_id
  ORDER BY c.was_due, c.id;
 
@@ -272,3 +273,55 @@ SELECT coalesce((SELECT seq FROM events WHERE received_at >= $1 ORDER BY receive
 
 -- name: database_size
 SELECT pg_database_size(current_database());
+
+-- name: lock_gate
+-- A destination's rate limit and circuit (relay.store.gate), locked to the end of the claiming
+-- transaction, so every process takes from one bucket; with the pause flag and the clock.
+SELECT tokens, tokens_at, failures, opened_at, open_reason, probe_interval, probe_at, probe_id,
+       probe_until, relay_now(),
+       EXISTS (SELECT 1 FROM destination_state s WHERE s.name = $1 AND s.paused)
+  FROM destination_gates WHERE name = $1
+   FOR UPDATE;
+
+-- name: ensure_gate
+INSERT INTO destination_gates (name, updated_at) VALUES ($1, relay_now())
+ON CONFLICT (name) DO NOTHING;
+
+-- name: lock_gates
+-- Several destinations' gates (completes), in name order: two transactions locking some of the
+-- same ones wait for each other instead of deadlocking.
+SELECT name, tokens, tokens_at, failures, opened_at, open_reason, probe_interval, probe_at,
+       probe_id, probe_until, relay_now()
+  FROM destination_gates WHERE name = ANY($1::text[])
+ ORDER BY name
+   FOR UPDATE;
+
+-- name: save_gate
+INSERT INTO destination_gates AS g (name, tokens, tokens_at, failures, opened_at, open_reason,
+                                    probe_interval, probe_at, probe_id, probe_until, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, relay_now())
+ON CONFLICT (name) DO UPDATE
+   SET tokens = excluded.tokens, tokens_at = excluded.tokens_at, failures = excluded.failures,
+       opened_at = excluded.opened_at, open_reason = excluded.open_reason,
+       probe_interval = excluded.probe_interval, probe_at = excluded.probe_at,
+       probe_id = excluded.probe_id, probe_until = excluded.probe_until,
+       updated_at = excluded.updated_at;
+
+-- name: gate_states
+SELECT name, tokens, tokens_at, failures, opened_at, open_reason, probe_interval, probe_at,
+       probe_id, probe_until
+  FROM destination_gates;
+
+-- name: expire_claimed
+-- Claimed through a gate but past max_age: dead without an attempt (the claim's count is
+-- taken back).
+UPDATE deliveries SET state = 'dead', attempts = attempts - 1, next_attempt_at = NULL,
+       updated_at = relay_now(), last_error = $2
+ WHERE id = ANY($1::int8[]);
+
+-- name: hold_attempts
+-- Attempts not charged against max_attempts (they failed while the circuit was open); only
+-- while the delivery still holds that attempt's lease.
+UPDATE deliveries d SET held_attempts = d.held_attempts + 1
+  FROM unnest($1::int8[], $2::int4[]) AS u(id, attempt)
+ WHERE d.id = u.id AND d.attempts = u.attempt;

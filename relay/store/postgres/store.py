@@ -32,6 +32,8 @@ from relay.model import (
     process_owner,
 )
 from relay.store.base import ANY, DestinationStats, Signal, SignalKind, Store, StoreError
+from relay.store.gate import Completion, Gate, GatedClaim
+from relay.store.postgres import gates
 from relay.store.postgres.archive import PostgresArchive
 from relay.store.postgres.connect import (
     CONNECTION_ERRORS,
@@ -141,15 +143,18 @@ class PostgresStore(PostgresArchive, Store):
                 self._pool.terminate()
             self._pool = None
 
-    def _committed(self, ops: int, seconds: float, due: set[str]) -> None:
+    def _committed(self, ops: int, seconds: float, due: set[str], circuits: set[str]) -> None:
         if self.on_commit is not None:
             self.on_commit(ops, seconds)
         # This process's workers hear it now; the others through the notification.
         self.signals.emit_due(due)
+        for name in circuits:
+            self.signals.emit(Signal(SignalKind.CIRCUIT, name))
 
     def _everything_may_have_changed(self) -> None:
         self.signals.emit(Signal(SignalKind.DUE, ANY))
         self.signals.emit(Signal(SignalKind.REPLAY, ANY))
+        self.signals.emit(Signal(SignalKind.CIRCUIT, ANY))
 
     # -- pool access -------------------------------------------------------------------------
 
@@ -176,28 +181,34 @@ class PostgresStore(PostgresArchive, Store):
         return IngestResult(ids, duplicates)
 
     async def claim(self, destination: str, limit: int, lease: float) -> list[ClaimedDelivery]:
-        rows = await self._fetch(Q["claim"], destination, limit, lease)
-        claimed = [
-            ClaimedDelivery(
-                id=r[0], event_id=r[1], destination=r[2], attempt=r[3], replay=r[4],
-                inbound=r[5], source=r[6], type=r[7], received_at=r[8], body=bytes(r[9]),
-                content_type=r[10], fired_at=r[11], created_at=r[12], claimed_at=r[13],
-            )
-            for r in rows
-            if not r[14]
-        ]  # fmt: skip
-        orphans = [int(r[0]) for r in rows if r[14]]
+        claimed, orphans = _claimed(await self._fetch(Q["claim"], destination, limit, lease))
         if orphans:
-            # A delivery whose event is gone can never be sent; left leased it would be claimed
-            # again at every lease expiry, forever.
             await self._fetch(Q["orphaned"], orphans, ORPHANED)
         return claimed
+
+    async def claim_gated(
+        self, destination: str, limit: int, lease: float, gate: Gate
+    ) -> GatedClaim:
+        async def claim(conn: asyncpg.Connection, n: int) -> list[ClaimedDelivery]:
+            claimed, orphans = _claimed(await conn.fetch(Q["claim"], destination, n, lease))
+            if orphans:
+                await conn.execute(Q["orphaned"], orphans, ORPHANED)
+            return claimed
+
+        async with self._transaction() as conn:
+            return await gates.claim_gated(conn, destination, limit, lease, gate, claim)
 
     async def complete(
         self, delivery: ClaimedDelivery, result: AttemptResult, decision: Decision
     ) -> bool:
         held: bool = await self._writer.submit(CompleteOp(delivery, result, decision))
         return held
+
+    async def complete_gated(
+        self, delivery: ClaimedDelivery, result: AttemptResult, decision: Decision, gate: Gate
+    ) -> Completion:
+        done: Completion = await self._writer.submit(CompleteOp(delivery, result, decision, gate))
+        return done
 
     async def due_in(self, destination: str) -> float | None:
         rows = await self._fetch(Q["due_in"], destination)
@@ -256,6 +267,23 @@ class PostgresStore(PostgresArchive, Store):
             payload_content_type=row[14] if row[14] is not None else request.content_type,
             deliveries=tuple(delivery_record(d, tuple(attempts.get(d[0], ()))) for d in deliveries),
         )
+
+
+def _claimed(rows: Sequence[asyncpg.Record]) -> tuple[list[ClaimedDelivery], list[int]]:
+    """Rows of the claim statement as deliveries, and the ids of those whose event is gone: such
+    a delivery can never be sent, and left leased it would be claimed again at every lease
+    expiry, forever (the caller marks them dead)."""
+    claimed = [
+        ClaimedDelivery(
+            id=r[0], event_id=r[1], destination=r[2], attempt=r[3], replay=r[4],
+            inbound=r[5], source=r[6], type=r[7], received_at=r[8], body=bytes(r[9]),
+            content_type=r[10], fired_at=r[11], created_at=r[12], claimed_at=r[13],
+            held_attempts=r[15],
+        )
+        for r in rows
+        if not r[14]
+    ]  # fmt: skip
+    return claimed, [int(r[0]) for r in rows if r[14]]
 
 
 async def _no_reset(conn: asyncpg.Connection) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -29,6 +30,8 @@ from relay.model import (
     RawRequest,
 )
 from relay.store.base import StoreError
+from relay.store.gate import Gate
+from relay.store.postgres import gates
 from relay.store.postgres.connect import CONNECTION_ERRORS, clean_text, lock_key, store_error
 from relay.store.rules import initial_state, recorded_error
 from relay.store.sqlfile import load_queries
@@ -63,6 +66,7 @@ class CompleteOp(Op):
     delivery: ClaimedDelivery
     result: AttemptResult
     decision: Decision
+    gate: Gate | None = None  # with a breaker: answered with a Completion instead of a bool
 
 
 @dataclass(eq=False)
@@ -74,6 +78,7 @@ class PingOp(Op):
 class Outcome:
     results: list[Any]
     due: set[str]
+    circuits: set[str] = field(default_factory=set)  # destinations whose circuit changed
 
 
 class Writer:
@@ -83,7 +88,7 @@ class Writer:
         self,
         connect: Callable[[], Any],
         dedup_window: float,
-        on_commit: Callable[[int, float, set[str]], None],
+        on_commit: Callable[[int, float, set[str], set[str]], None],
     ) -> None:
         self._connect = connect
         self._dedup_window = dedup_window
@@ -223,7 +228,7 @@ class Writer:
                 if not op.future.done():
                     op.future.set_exception(error)
             return
-        self._on_commit(len(ops), loop.time() - started, outcome.due)
+        self._on_commit(len(ops), loop.time() - started, outcome.due, outcome.circuits)
         for op, result in zip(ops, outcome.results, strict=True):
             if not op.future.done():
                 op.future.set_result(result)
@@ -234,9 +239,11 @@ class Writer:
         completes = [(i, op) for i, op in enumerate(ops) if isinstance(op, CompleteOp)]
         async with conn.transaction():
             if completes:
-                held = await _write_completes(conn, [op for _, op in completes])
-                for i, op in completes:
-                    outcome.results[i] = op.delivery.id in held
+                results = await _write_completes(
+                    conn, [op for _, op in completes], outcome.circuits
+                )
+                for (i, _), result in zip(completes, results, strict=True):
+                    outcome.results[i] = result
             for ping in ops:
                 if isinstance(ping, PingOp):
                     await conn.execute(Q["heartbeat"], ping.owner)
@@ -246,6 +253,9 @@ class Writer:
                     outcome.results[i] = result
             if outcome.due:
                 await conn.execute(Q["notify"], CHANNEL, "due:" + ",".join(sorted(outcome.due)))
+            if outcome.circuits:
+                changed = ",".join(sorted(outcome.circuits))
+                await conn.execute(Q["notify"], CHANNEL, "circuit:" + changed)
         return outcome
 
     async def _write_ingests(
@@ -330,11 +340,21 @@ class Writer:
         return originals
 
 
-async def _write_completes(conn: asyncpg.Connection, ops: Sequence[CompleteOp]) -> set[int]:
+async def _write_completes(
+    conn: asyncpg.Connection, ops: Sequence[CompleteOp], circuits: set[str]
+) -> list[Any]:
+    """Each op's answer: whether it held its lease, or with a breaker, its Completion."""
+    # Circuits move first: one that is open holds back what an attempt decided.
+    gated = (
+        await gates.complete_gated(conn, [(o.delivery, o.result, o.decision, o.gate) for o in ops])
+        if any(op.gate is not None for op in ops)
+        else {}
+    )
     attempts = []
     updates = []
-    for op in ops:
-        d, r, dec = op.delivery, op.result, op.decision
+    for i, op in enumerate(ops):
+        d, r = op.delivery, op.result
+        dec = gated[i].decision if i in gated else op.decision
         attempts.append(
             (d.id, d.attempt, r.started_at, r.duration, r.outcome.value, r.status,
              clean_text(r.error), r.response_head)
@@ -345,7 +365,16 @@ async def _write_completes(conn: asyncpg.Connection, ops: Sequence[CompleteOp]) 
         )  # fmt: skip
     held = {int(r[0]) for r in await conn.fetch(Q["complete"], *_columns(updates, 7))}
     await conn.execute(Q["insert_attempts"], *_columns(attempts, 8))
-    return held
+    if gated:
+        uncharged = [ops[i].delivery for i, c in gated.items() if not c.charged]
+        await gates.hold_attempts(conn, [d for d in uncharged if d.id in held])
+        circuits.update(ops[i].delivery.destination for i, c in gated.items() if c.change)
+    return [
+        dataclasses.replace(gated[i], held=op.delivery.id in held)
+        if i in gated
+        else op.delivery.id in held
+        for i, op in enumerate(ops)
+    ]
 
 
 def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:

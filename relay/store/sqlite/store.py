@@ -33,7 +33,18 @@ from relay.model import (
     RawRequest,
     new_id,
 )
-from relay.store.base import DestinationStats, Store, StoreError
+from relay.store.base import DestinationStats, Signal, SignalKind, Store, StoreError
+from relay.store.gate import (
+    STATE_COLUMNS,
+    CircuitChange,
+    CircuitEvent,
+    Completion,
+    Gate,
+    GatedClaim,
+    GateState,
+    state_of,
+)
+from relay.store.gate import reset as reset_gate
 from relay.store.rows import (
     ATTEMPT_COLUMNS,
     DELIVERY_COLUMNS,
@@ -44,6 +55,7 @@ from relay.store.rows import (
     event_record,
     request_record,
 )
+from relay.store.sqlite import gates
 from relay.store.sqlite.admin import SqliteAdminMixin
 from relay.store.sqlite.migrate import migrate
 from relay.store.sqlite.writer import (
@@ -239,6 +251,8 @@ class SqliteStore(SqliteAdminMixin, Store):
             if not op.future.done():
                 op.future.set_result(result)
         self.signals.emit_due(outcome.due)
+        for name in outcome.circuits:
+            self.signals.emit(Signal(SignalKind.CIRCUIT, name))
 
     # -- the Store interface: writes ---------------------------------------------------------
 
@@ -258,6 +272,18 @@ class SqliteStore(SqliteAdminMixin, Store):
     ) -> bool:
         held: bool = await self._submit(CompleteOp(delivery, result, decision))
         return held
+
+    async def claim_gated(
+        self, destination: str, limit: int, lease: float, gate: Gate
+    ) -> GatedClaim:
+        claim: GatedClaim = await self._submit(ClaimOp(destination, limit, lease, gate))
+        return claim
+
+    async def complete_gated(
+        self, delivery: ClaimedDelivery, result: AttemptResult, decision: Decision, gate: Gate
+    ) -> Completion:
+        done: Completion = await self._submit(CompleteOp(delivery, result, decision, gate))
+        return done
 
     async def now(self) -> float:
         return clock()
@@ -283,6 +309,21 @@ class SqliteStore(SqliteAdminMixin, Store):
         rows = await self._read(_NEXT_DUE, (destination, destination))
         value = rows[0][0] if rows else None
         return float(value) - clock() if value is not None else None
+
+    async def gate_states(self) -> dict[str, GateState]:
+        rows = await self._read(f"SELECT name, {STATE_COLUMNS} FROM destination_gates")
+        return {str(r[0]): state_of(r[1:]) for r in rows}
+
+    async def reset_circuit(self, name: str) -> CircuitChange | None:
+        def reset(conn: sqlite3.Connection) -> bool:
+            state = gates.read(conn, name)
+            if state != reset_gate(state):
+                gates.write(conn, name, reset_gate(state), clock())
+            return state.open
+
+        was_open: bool = await self.call(reset)
+        self.signals.emit(Signal(SignalKind.CIRCUIT, name))
+        return CircuitChange(CircuitEvent.CLOSED, "reset by an operator") if was_open else None
 
     async def destination_stats(self) -> list[DestinationStats]:
         counts: dict[str, dict[str, int]] = {}

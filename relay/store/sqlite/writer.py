@@ -8,6 +8,7 @@ many webhooks it carries.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +25,9 @@ from relay.model import (
     NewEvent,
     RawRequest,
 )
+from relay.store.gate import Gate
 from relay.store.rules import ORPHANED, initial_state, is_duplicate, recorded_error
+from relay.store.sqlite import gates
 
 PING_HEADROOM = 16 * 1024
 # Bound on parameters per IN (...) query; SQLite allows 32766 but short lists plan better.
@@ -68,7 +71,7 @@ _CLAIMED_DETAIL = """
 SELECT d.id, d.event_id, d.destination, d.attempts, d.replay_id IS NOT NULL,
        e.inbound, e.source, e.type, e.received_at,
        coalesce(e.payload, r.body), coalesce(e.payload_content_type, r.content_type), e.fired_at,
-       d.created_at
+       d.created_at, d.held_attempts
   FROM deliveries d JOIN events e ON e.id = d.event_id JOIN requests r ON r.id = e.request_id
  WHERE d.id IN ({ids})
 """
@@ -106,6 +109,7 @@ class ClaimOp(Op):
     destination: str
     limit: int
     lease: float
+    gate: Gate | None = None  # answered with a GatedClaim instead of a list
 
 
 @dataclass(eq=False)
@@ -113,6 +117,7 @@ class CompleteOp(Op):
     delivery: ClaimedDelivery
     result: AttemptResult
     decision: Decision
+    gate: Gate | None = None  # with a breaker: answered with a Completion instead of a bool
 
 
 @dataclass(eq=False)
@@ -132,6 +137,8 @@ class BatchOutcome:
     results: list[Any]
     # Destinations with deliveries that became due with this commit (their workers are woken).
     due: set[str]
+    # Destinations whose circuit opened or closed with this commit.
+    circuits: set[str] = field(default_factory=set)
 
 
 def clock() -> float:
@@ -189,13 +196,13 @@ def apply_batch(
                 outcome.results[i] = dups
         completes = [(i, op) for i, op in enumerate(ops) if isinstance(op, CompleteOp)]
         if completes:
-            held = _write_completes(conn, [op for _, op in completes])
-            for (i, _), ok in zip(completes, held, strict=True):
-                outcome.results[i] = ok
+            results = _write_completes(conn, [op for _, op in completes], now, outcome.circuits)
+            for (i, _), result in zip(completes, results, strict=True):
+                outcome.results[i] = result
         for i, op in enumerate(ops):
             if isinstance(op, ClaimOp):
                 full = limits is not None and _pages_used(conn) > limits.claim
-                outcome.results[i] = [] if full else _claim(conn, op, now)
+                outcome.results[i] = _claim_op(conn, op, now, full)
             elif isinstance(op, PingOp):
                 conn.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('heartbeat', ?)",
@@ -299,11 +306,23 @@ def _write_ingests(
     return duplicates
 
 
-def _write_completes(conn: sqlite3.Connection, ops: Sequence[CompleteOp]) -> list[bool]:
+def _write_completes(
+    conn: sqlite3.Connection, ops: Sequence[CompleteOp], now: float, circuits: set[str]
+) -> list[Any]:
+    """Each op's answer: whether it held its lease, or with a breaker, its Completion."""
+    # Circuits move first: one that is open holds back what an attempt decided.
+    gated = (
+        gates.complete_gated(
+            conn, [(op.delivery, op.result, op.decision, op.gate) for op in ops], now
+        )
+        if any(op.gate is not None for op in ops)
+        else {}
+    )
     attempts = []
     held = []
-    for op in ops:
-        d, r, dec = op.delivery, op.result, op.decision
+    for i, op in enumerate(ops):
+        d, r = op.delivery, op.result
+        dec = gated[i].decision if i in gated else op.decision
         attempts.append(
             (d.id, d.attempt, r.started_at, r.duration, r.outcome.value, r.status, r.error,
              r.response_head)
@@ -317,22 +336,41 @@ def _write_completes(conn: sqlite3.Connection, ops: Sequence[CompleteOp]) -> lis
         )  # fmt: skip
         held.append(cursor.rowcount > 0)
     conn.executemany(_INSERT_ATTEMPT, attempts)
-    return held
+    uncharged = [ops[i].delivery for i, c in gated.items() if held[i] and not c.charged]
+    gates.hold_attempts(conn, uncharged)
+    circuits.update(ops[i].delivery.destination for i, c in gated.items() if c.change)
+    return [
+        dataclasses.replace(gated[i], held=ok) if i in gated else ok for i, ok in enumerate(held)
+    ]
 
 
-def _claim(conn: sqlite3.Connection, op: ClaimOp, now: float) -> list[ClaimedDelivery]:
-    params = {"destination": op.destination, "now": now, "limit": op.limit}
+def _claim_op(conn: sqlite3.Connection, op: ClaimOp, now: float, full: bool) -> Any:
+    """A list of claimed deliveries, or with a gate, a GatedClaim (nothing while full)."""
+    if op.gate is None:
+        return [] if full else _claim(conn, op.destination, op.limit, op.lease, now)
+
+    def claim(limit: int) -> list[ClaimedDelivery]:
+        return [] if full else _claim(conn, op.destination, limit, op.lease, now)
+
+    return gates.claim_gated(conn, op.destination, op.limit, op.lease, op.gate, now, claim)
+
+
+def _claim(
+    conn: sqlite3.Connection, destination: str, limit: int, lease: float, now: float
+) -> list[ClaimedDelivery]:
+    params = {"destination": destination, "now": now, "limit": limit}
     ids = [int(r[0]) for r in conn.execute(_CLAIM, params).fetchall()]
     if not ids:
         return []
     marks = ",".join("?" * len(ids))
-    conn.execute(_LEASE.format(ids=marks), (now + op.lease, now, *ids))
+    conn.execute(_LEASE.format(ids=marks), (now + lease, now, *ids))
     detail = {row[0]: row for row in conn.execute(_CLAIMED_DETAIL.format(ids=marks), ids)}
     claimed = [
         ClaimedDelivery(
             id=row[0], event_id=row[1], destination=row[2], attempt=row[3], replay=bool(row[4]),
             inbound=row[5], source=row[6], type=row[7], received_at=row[8], body=bytes(row[9]),
             content_type=row[10], fired_at=row[11], created_at=row[12], claimed_at=now,
+            held_attempts=row[13],
         )
         for row in (detail[i] for i in ids if i in detail)
     ]  # fmt: skip

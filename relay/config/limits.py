@@ -1,0 +1,58 @@
+"""Reading a destination's protection: ``rate`` and ``burst``, and ``[destination.breaker]``.
+
+    rate = 50                      # at most 50 attempts a second, all processes together
+    [destination.breaker]
+    failures = 20                  # consecutive down-signals before the circuit opens
+
+Kept apart from the reader of the other destination keys, which are about what to send where.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from relay.config import checks
+from relay.config.schema import BreakerPolicy, RateLimit
+from relay.config.walker import TreeWalker
+
+RATE_KEYS = frozenset({"rate", "burst"})
+BREAKER_KEYS = frozenset({"failures", "probe_interval", "max_probe_interval"})
+
+
+def rate_limit(walker: TreeWalker, raw: Mapping[str, Any], p: str) -> RateLimit | None:
+    """``rate`` (attempts a second) and ``burst``; None when there is no ``rate``."""
+    if "rate" not in raw:
+        if "burst" in raw:
+            walker.fail(f"{p}burst", "needs rate (it is the rate limit's burst)")
+        return None
+    rate = walker.get(raw, p, "rate", float, 0.0, checks.positive)
+    if rate <= 0:
+        return None
+    burst = walker.get(raw, p, "burst", int, int(RateLimit.default_burst(rate)), checks.positive)
+    return RateLimit(rate=rate, burst=float(burst))
+
+
+def breaker(walker: TreeWalker, raw: Mapping[str, Any], p: str) -> BreakerPolicy | None:
+    """``[destination.breaker]``; None when the table is absent (no circuit breaker)."""
+    if "breaker" not in raw:
+        return None
+    table = raw["breaker"]
+    if not isinstance(table, dict):
+        walker.fail(f"{p}breaker", "must be a table ([destination.breaker])")
+        return None
+    bp = f"{p}breaker."
+    walker.unknown(table, bp, BREAKER_KEYS)
+    default = BreakerPolicy()
+    policy = BreakerPolicy(
+        failures=walker.get(table, bp, "failures", int, default.failures, checks.positive),
+        probe_interval=walker.get(
+            table, bp, "probe_interval", float, default.probe_interval, checks.positive
+        ),
+        max_probe_interval=walker.get(
+            table, bp, "max_probe_interval", float, default.max_probe_interval, checks.positive
+        ),
+    )
+    if policy.max_probe_interval < policy.probe_interval:
+        walker.fail(f"{bp}max_probe_interval", "must be at least probe_interval")
+    return policy
