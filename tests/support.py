@@ -459,3 +459,39 @@ def subscribe_body(email: str, list_id: str = "a6b5da1054", kind: str = "subscri
             "data[merges][EMAIL]": email,
         }
     ).encode()
+
+
+# -- rate limits and circuit breakers -----------------------------------------------------------
+
+MANDRILL_INBOUND = """
+[[inbound]]
+name = "tx"
+path = "/hooks/tx"
+kind = "mandrill"
+secret = "s3cret"
+source = "tx"
+"""
+
+
+def mandrill_batch(n: int, tag: str) -> bytes:
+    """One Mandrill post of ``n`` distinct events (one delivery each per destination): a
+    backlog of thousands of deliveries in a few requests."""
+    import json
+    from urllib.parse import quote_plus
+
+    events = [
+        {"event": "send", "_id": f"{tag}-{i}", "ts": 1420303407, "msg": {"email": f"{i}@ex.com"}}
+        for i in range(n)
+    ]
+    return b"mandrill_events=" + quote_plus(json.dumps(events)).encode()
+
+
+def busiest_second(times: list[float], window: float = 1.0) -> int:
+    """The most arrivals in any ``window`` seconds (a sliding window, not calendar seconds)."""
+    ordered = sorted(times)
+    most = start = 0
+    for end, t in enumerate(ordered):
+        while ordered[start] <= t - window:
+            start += 1
+        most = max(most, end - start + 1)
+    return most

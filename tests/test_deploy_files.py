@@ -321,6 +321,7 @@ def test_alert_rules_cover_the_documented_failures() -> None:
         "RelayIngestErrors",
         "RelayIngestAuthRejected",
         "RelayIngestSlow",
+        "RelayDestinationCircuitOpen",
     } <= names
 
 

@@ -50,6 +50,9 @@ async def test_every_known_series_exists_at_zero_right_after_start(
     for name in ("crm", "warehouse"):
         expected.append(f'relay_deliveries_dead_total{{destination="{name}"}}')
         expected.append(f'relay_replayed_deliveries_total{{destination="{name}"}}')
+        expected.append(f'relay_destination_circuit_open{{destination="{name}"}}')
+        expected.append(f'relay_circuit_probes_total{{destination="{name}"}}')
+        expected.append(f'relay_delivery_attempts_held_total{{destination="{name}"}}')
     assert {key: samples.get(key) for key in expected} == dict.fromkeys(expected, 0.0)
 
 

@@ -158,6 +158,13 @@ async def destinations_resume(client: AdminClient, args: argparse.Namespace) -> 
     return EXIT_OK
 
 
+async def destinations_reset(client: AdminClient, args: argparse.Namespace) -> int:
+    _, answer = await client.post(f"/admin/destinations/{_segment(args.name)}/reset")
+    was = "was open" if answer["was_open"] else "was not open"
+    _emit(args, answer, f"{args.name}: circuit closed ({was}); its deliveries go out again")
+    return EXIT_OK
+
+
 async def prune(client: AdminClient, args: argparse.Namespace) -> int:
     days = args.older_than
     if days < 0:

@@ -10,6 +10,7 @@ from relay.cli.admin import (
     deliveries_list,
     destinations_list,
     destinations_pause,
+    destinations_reset,
     destinations_resume,
     events_list,
     events_show,
@@ -109,7 +110,9 @@ def add_admin_commands(sub: Any) -> None:
     _common(dl)
     dl.set_defaults(func=run(deliveries_list))
 
-    dest = sub.add_parser("destinations", help="list, pause and resume destinations")
+    dest = sub.add_parser(
+        "destinations", help="list, pause and resume destinations; close a circuit by hand"
+    )
     dest_sub = dest.add_subparsers(dest="destinations_command", metavar="ACTION", required=True)
     dest_list = dest_sub.add_parser("list", help="each destination with its state and counts")
     _common(dest_list)
@@ -121,6 +124,11 @@ def add_admin_commands(sub: Any) -> None:
             "hold a destination's deliveries (no attempts) until resumed",
         ),
         ("resume", destinations_resume, "send a paused destination's held deliveries"),
+        (
+            "reset",
+            destinations_reset,
+            "close a destination's open circuit by hand: its waiting deliveries go out again",
+        ),
     ):
         p = dest_sub.add_parser(action, help=text)
         p.add_argument("name", metavar="NAME", help="destination name")

@@ -137,12 +137,27 @@ def destinations_table(answer: dict[str, Any]) -> str:
     for d in answer["destinations"]:
         counts = d["counts"]
         rows.append(
-            (d["name"], "paused" if d["paused"] else "active", counts["pending"],
-             counts["delivering"], counts["paused"], counts["dead"],
-             d["url"] if d["configured"] else "(not configured)")
+            (d["name"], "paused" if d["paused"] else "active", _circuit(d.get("circuit")),
+             _rate(d.get("rate")), counts["pending"], counts["delivering"], counts["paused"],
+             counts["dead"], d["url"] if d["configured"] else "(not configured)")
         )  # fmt: skip
-    headers = ("NAME", "STATE", "PENDING", "DELIVERING", "PAUSED", "DEAD", "URL")
+    headers = (
+        "NAME", "STATE", "CIRCUIT", "RATE", "PENDING", "DELIVERING", "PAUSED", "DEAD", "URL",
+    )  # fmt: skip
     return table(headers, rows)
+
+
+def _circuit(circuit: dict[str, Any] | None) -> str:
+    if circuit is None:
+        return "-"
+    if circuit["state"] == "open":
+        return f"open since {circuit['opened_at']}"
+    failures = circuit["failures"]
+    return f"closed ({failures}/{circuit['threshold']} failures)" if failures else "closed"
+
+
+def _rate(rate: dict[str, Any] | None) -> str:
+    return "-" if rate is None else f"{rate['per_second']:g}/s"
 
 
 def per_destination(counts: dict[str, int] | None) -> str:

@@ -30,6 +30,7 @@ from relay.pipeline.backoff import decide
 from relay.pipeline.outbound import build_request
 from relay.store import Store, StoreError
 from relay.store.base import ANY, POLL_INTERVAL, Signal, SignalKind
+from relay.store.gate import CircuitChange, CircuitEvent, Gate
 
 log = logging.getLogger("relay.delivery")
 hot_log = HotLog("relay.delivery")
@@ -91,8 +92,19 @@ class DestinationWorker:
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._stopping = False
+        # The rate limit and circuit breaker, when it has either (else claims pay nothing).
+        self.gate = Gate.of(destination)
+        # Until when (time.monotonic()) the gate holds work back: new work or a freed slot
+        # would only be turned away by it, so they do not wake the loop before then.
+        self._held_until = 0.0
 
     def wake(self) -> None:
+        if time.monotonic() >= self._held_until:
+            self._wake.set()
+
+    def wake_now(self) -> None:
+        """Wake even while the gate holds work back: its circuit opened, closed or was reset."""
+        self._held_until = 0.0
         self._wake.set()
 
     async def run(self) -> None:
@@ -108,10 +120,13 @@ class DestinationWorker:
             if free >= batch or (free > 0 and not self._inflight):
                 try:
                     asked = time.monotonic()
-                    claimed = await self.store.claim(name, free, lease)
+                    claimed, held_for = await self._claim(free, lease)
                     for delivery in claimed:
                         self._spawn(delivery, StoreClock.from_claim(delivery, asked))
-                    if len(claimed) < free:
+                    if len(claimed) < free and held_for is not None:
+                        timeout = min(held_for, IDLE_RECHECK)
+                        self._held_until = time.monotonic() + timeout
+                    elif len(claimed) < free:
                         timeout = await self._idle_timeout()
                 except StoreError as exc:
                     log.warning("destination=%s claim failed: %s", name, exc)
@@ -122,6 +137,18 @@ class DestinationWorker:
                     async with asyncio.timeout(timeout):
                         await self._wake.wait()
             self._wake.clear()
+            self._held_until = 0.0
+
+    async def _claim(self, free: int, lease: float) -> tuple[list[ClaimedDelivery], float | None]:
+        """Due deliveries, through the gate if there is one; and how long the gate holds the
+        rest back, when it does."""
+        if self.gate is None:
+            return await self.store.claim(self.destination.name, free, lease), None
+        gated = await self.store.claim_gated(self.destination.name, free, lease, self.gate)
+        for delivery in gated.deliveries:
+            if delivery.probe:
+                self.metrics.probes.labels(self.destination.name).inc()
+        return gated.deliveries, gated.wait
 
     async def _idle_timeout(self) -> float:
         due_in = await self.store.due_in(self.destination.name)
@@ -150,16 +177,24 @@ class DestinationWorker:
                 exc,
                 exc_info=exc,
             )
-        self._wake.set()
+        self.wake()
 
     async def _deliver(self, delivery: ClaimedDelivery, clock: StoreClock) -> None:
         dest = self.destination
         body, headers = build_request(dest, delivery, self.kinds, time.time())
         result = await self.sender.send(dest.url, body, headers, dest.timeout)
         now = clock.now()
-        decision = decide(dest.retry, delivery.attempt, result, now, delivery.created_at)
+        decision = decide(dest.retry, delivery.charged_attempt, result, now, delivery.created_at)
         try:
-            held = await self.store.complete(delivery, result, decision)
+            if self.gate is not None and self.gate.breaker is not None:
+                done = await self.store.complete_gated(delivery, result, decision, self.gate)
+                held, decision = done.held, done.decision
+                if not done.charged:
+                    self.metrics.attempts_held.labels(dest.name).inc()
+                if done.change is not None:
+                    self._circuit_changed(done.change)
+            else:
+                held = await self.store.complete(delivery, result, decision)
         except StoreError as exc:
             # Not recorded: the lease runs out and the delivery is attempted again. At least once.
             log.error(
@@ -181,6 +216,25 @@ class DestinationWorker:
             )
             decision = Decision(DeliveryState.DELIVERING)
         self._observe(delivery, result, decision, now)
+
+    def _circuit_changed(self, change: CircuitChange) -> None:
+        """The one log line of a circuit opening or closing: only the process whose attempt
+        moved it writes it."""
+        name = self.destination.name
+        opened = change.event is CircuitEvent.OPENED
+        self.metrics.circuit_open.labels(name).set(1 if opened else 0)
+        if opened:
+            assert self.destination.breaker is not None
+            log.warning(
+                "destination=%s circuit opened: %s; its deliveries wait, with one probe at a"
+                " time (after %gs, the interval doubling up to %gs) until one gets an answer",
+                name,
+                change.reason,
+                self.destination.breaker.probe_interval,
+                self.destination.breaker.max_probe_interval,
+            )
+        else:
+            log.warning("destination=%s circuit closed: %s", name, change.reason)
 
     def _observe(
         self, delivery: ClaimedDelivery, result: AttemptResult, decision: Decision, now: float
@@ -207,7 +261,7 @@ class DestinationWorker:
             f"delivery event={delivery.event_id} destination={name} attempt={delivery.attempt}"
             f" outcome={result.outcome.value} status={status}"
             f" duration_ms={result.duration * 1000:.1f} state={decision.state.value}{then}"
-            f"{' replay=1' if delivery.replay else ''}"
+            f"{' replay=1' if delivery.replay else ''}{' probe=1' if delivery.probe else ''}"
             f"{f' error={result.error!r}' if result.error else ''}",
         )
 
@@ -252,8 +306,13 @@ class Dispatcher:
 
     def on_signal(self, signal: Signal) -> None:
         # A pause needs no wake-up: claims check it in the store. A resume comes as DUE.
+        names = self.workers if signal.name == ANY else [signal.name]
         if signal.kind is SignalKind.DUE:
-            self.wake(self.workers if signal.name == ANY else [signal.name])
+            self.wake(names)
+        elif signal.kind is SignalKind.CIRCUIT:
+            for name in names:
+                if (worker := self.workers.get(name)) is not None:
+                    worker.wake_now()
 
     def wake(self, destinations: Iterable[str]) -> None:
         for name in destinations:

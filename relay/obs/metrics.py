@@ -7,7 +7,7 @@ known Mailchimp set (anything else is counted as "other"), never an email, id or
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
@@ -19,6 +19,7 @@ from prometheus_client.process_collector import ProcessCollector
 from relay import __version__
 from relay.protocols.event_types import KNOWN_TYPES
 from relay.store.base import DestinationStats
+from relay.store.gate import GateState
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _E2E_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -51,6 +52,7 @@ class Metrics:
         journey_types: frozenset[str] = frozenset(),
         inbounds: Sequence[str] = (),
         destinations: Sequence[str] = (),
+        rates: Mapping[str, float] | None = None,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
@@ -149,6 +151,33 @@ class Metrics:
             ["destination"],
             registry=r,
         )
+        self.circuit_open = Gauge(
+            "relay_destination_circuit_open",
+            "1 while a destination's circuit breaker is open (its deliveries wait; one probe at a"
+            " time); 0 when closed or without a breaker.",
+            ["destination"],
+            registry=r,
+        )
+        self.rate_limit = Gauge(
+            "relay_destination_rate_limit",
+            "A destination's configured rate limit, in attempts per second across all processes"
+            " (only destinations that have one).",
+            ["destination"],
+            registry=r,
+        )
+        self.probes = Counter(
+            "relay_circuit_probes",
+            "Attempts sent as a probe of a destination whose circuit is open.",
+            ["destination"],
+            registry=r,
+        )
+        self.attempts_held = Counter(
+            "relay_delivery_attempts_held",
+            "Attempts that failed while the destination's circuit was open and were not charged"
+            " against max_attempts (their deliveries wait for the circuit to close).",
+            ["destination"],
+            registry=r,
+        )
         self.ready = Gauge("relay_ready", "1 when storage is writable and workers run.", registry=r)
         self.connections_open = Gauge(
             "relay_connections_open", "Client connections open now.", registry=r
@@ -175,6 +204,8 @@ class Metrics:
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
         self._create_known_series(inbounds, destinations)
+        for name, rate in (rates or {}).items():
+            self.rate_limit.labels(name).set(rate)
 
     def _create_known_series(self, inbounds: Sequence[str], destinations: Sequence[str]) -> None:
         """Every label combination the config makes known, at 0, before anything is counted."""
@@ -185,6 +216,9 @@ class Metrics:
         for destination in destinations:
             self.dead.labels(destination)
             self.replayed.labels(destination)
+            self.circuit_open.labels(destination)
+            self.probes.labels(destination)
+            self.attempts_held.labels(destination)
         for reason in CONNECTION_REJECTIONS:
             self.connections_rejected.labels(reason)
 
@@ -224,6 +258,13 @@ class Metrics:
                 self.deliveries.labels(name, state).set(getattr(s, state))
             age = now - s.oldest_pending_at if s.oldest_pending_at is not None else 0.0
             self.oldest_pending.labels(name).set(max(0.0, age))
+
+
+    def set_circuits(self, breakers: Sequence[str], states: Mapping[str, GateState]) -> None:
+        """The circuits of the destinations with a breaker, as the store has them now."""
+        for name in breakers:
+            state = states.get(name)
+            self.circuit_open.labels(name).set(1 if state is not None and state.open else 0)
 
 
 class _WithoutCreated:

@@ -25,6 +25,7 @@ from relay.server.admin_json import (
     delivery_json,
     event_json,
     filter_json,
+    gate_json,
     listing_json,
     parse_body,
     parse_cursor,
@@ -37,7 +38,13 @@ from relay.server.admin_json import (
     request_json,
 )
 from relay.server.auth import admin_auth_problem
-from relay.server.control import Control, ReplayOutcome, ReplayRequest, UnknownDestinationError
+from relay.server.control import (
+    Control,
+    NoBreakerError,
+    ReplayOutcome,
+    ReplayRequest,
+    UnknownDestinationError,
+)
 from relay.store import Store, StoreError
 
 log = logging.getLogger("relay.admin")
@@ -75,6 +82,8 @@ def admin_middleware(token: str | None) -> Any:
             return error(400, str(exc))
         except UnknownDestinationError as exc:
             return error(404, str(exc))
+        except NoBreakerError as exc:
+            return error(409, str(exc))
         except StoreError as exc:
             return error(503, f"storage unavailable: {exc}")
         except web.HTTPMethodNotAllowed:
@@ -108,6 +117,7 @@ class Admin:
             web.get(PREFIX + "/destinations", self.list_destinations, allow_head=False),
             web.post(PREFIX + "/destinations/{name}/pause", self.pause),
             web.post(PREFIX + "/destinations/{name}/resume", self.resume),
+            web.post(PREFIX + "/destinations/{name}/reset", self.reset),
             web.post(PREFIX + "/prune", self.prune),
         ]
 
@@ -211,6 +221,7 @@ class Admin:
                 "paused": d.paused,
                 "counts": {state.value: getattr(d.stats, state.value) for state in _COUNTED},
                 "oldest_pending_at": d.stats.oldest_pending_at,
+                **gate_json(d),
             }
             for d in await self.control.destinations()
         ]
@@ -227,6 +238,12 @@ class Admin:
         name = request.match_info["name"]
         released = await self.control.resume(name)
         return json_response({"destination": name, "paused": False, "released": released})
+
+    async def reset(self, request: web.Request) -> web.Response:
+        parse_body(await request.read(), ())
+        name = request.match_info["name"]
+        was_open = await self.control.reset_circuit(name, _operator(request))
+        return json_response({"destination": name, "circuit": "closed", "was_open": was_open})
 
     async def prune(self, request: web.Request) -> web.Response:
         body = parse_body(await request.read(), {"older_than_days", "dry_run"})

@@ -24,6 +24,7 @@ from relay.model import (
     ReplayRecord,
     iso_utc,
 )
+from relay.server.control import DestinationStatus
 
 # What a cursor is, as a bad one's error says.
 EVENTS_CURSOR = "the next_cursor of a previous page"
@@ -281,3 +282,24 @@ def replay_json(r: ReplayRecord) -> dict[str, Any]:
         "finished_at": iso_utc(r.finished_at),
         "per_destination": dict(r.per_destination),
     }
+
+
+def gate_json(d: DestinationStatus) -> dict[str, Any]:
+    """A destination's rate limit and circuit breaker as the admin API shows them: each None
+    when it is not configured."""
+    config, gate = d.config, d.gate
+    rate = None
+    if config is not None and config.rate_limit is not None:
+        rate = {"per_second": config.rate_limit.rate, "burst": config.rate_limit.burst}
+    circuit = None
+    if config is not None and config.breaker is not None:
+        open_ = gate is not None and gate.open
+        circuit = {
+            "state": "open" if open_ else "closed",
+            "failures": gate.failures if gate is not None else 0,
+            "threshold": config.breaker.failures,
+            "opened_at": iso_utc(gate.opened_at) if gate is not None else None,
+            "reason": gate.reason if gate is not None else None,
+            "next_probe_at": iso_utc(gate.probe_at) if gate is not None and open_ else None,
+        }
+    return {"rate": rate, "circuit": circuit}

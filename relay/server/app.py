@@ -83,6 +83,10 @@ class Relay:
         self.metrics.set_destination_stats(
             [d.name for d in self.settings.destinations], stats, time.time()
         )
+        breakers = [d.name for d in self.settings.destinations if d.breaker is not None]
+        if breakers:
+            # The circuits are shared: another process may have opened or closed one.
+            self.metrics.set_circuits(breakers, await self.store.gate_states())
 
 
 RELAY_KEY = web.AppKey("relay", Relay)
@@ -121,6 +125,7 @@ def create_app(
         journey_types=journey_types,
         inbounds=[i.name for i in settings.inbounds],
         destinations=[d.name for d in settings.destinations],
+        rates={d.name: d.rate_limit.rate for d in settings.destinations if d.rate_limit},
     )
     the_store = (
         store if store is not None else create_store(settings.storage, settings.dedup_window)

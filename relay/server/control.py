@@ -29,12 +29,17 @@ from relay.obs.metrics import Metrics
 from relay.pipeline.routing import targets
 from relay.server.replays import LEASE, ReplayJobs
 from relay.store import DestinationStats, Store, StoreError
+from relay.store.gate import GateState
 
 log = logging.getLogger("relay.control")
 
 
 class UnknownDestinationError(Exception):
     """A destination named by the operator is not in the configuration."""
+
+
+class NoBreakerError(Exception):
+    """A circuit was to be reset on a destination configured without a circuit breaker."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +71,12 @@ class DestinationStatus:
     config: DestinationConfig | None
     paused: bool
     stats: DestinationStats
+    # Its rate limit and circuit as stored; None without a breaker and a rate limit.
+    gate: GateState | None = None
+
+    @property
+    def circuit_open(self) -> bool:
+        return bool(self.config and self.config.breaker and self.gate and self.gate.open)
 
 
 class Control:
@@ -123,6 +134,8 @@ class Control:
         """Configured destinations in config order, then removed ones that still have deliveries."""
         stats = {s.destination: s for s in await self.store.destination_stats()}
         paused = await self.store.paused_destinations()
+        gated = any(d.rate_limit or d.breaker for d in self.settings.destinations)
+        gates = await self.store.gate_states() if gated else {}
         configured = [d.name for d in self.settings.destinations]
         return [
             DestinationStatus(
@@ -130,6 +143,7 @@ class Control:
                 self.settings.destination(name),
                 name in paused,
                 stats.get(name) or DestinationStats(destination=name),
+                _gate(self.settings.destination(name), gates.get(name)),
             )
             for name in configured + sorted(set(stats) - set(configured))
         ]
@@ -147,6 +161,18 @@ class Control:
         self.metrics.paused.labels(name).set(0)
         log.warning("destination=%s resumed; %d held deliveries due now", name, released)
         return released
+
+    async def reset_circuit(self, name: str, operator: str) -> bool:
+        """Close a destination's circuit by hand; whether it was open."""
+        self.check_destinations([name])
+        config = self.settings.destination(name)
+        if config is None or config.breaker is None:
+            raise NoBreakerError(f"destination {name} has no [destination.breaker]")
+        change = await self.store.reset_circuit(name)
+        self.metrics.circuit_open.labels(name).set(0)
+        if change is not None:
+            log.warning("destination=%s circuit closed: %s (%s)", name, change.reason, operator)
+        return change is not None
 
     # -- replays -----------------------------------------------------------------------------
 
@@ -290,6 +316,14 @@ class Control:
             except StoreError as exc:
                 log.warning("retention prune failed, retrying next interval: %s", exc)
             await asyncio.sleep(interval)
+
+
+def _gate(config: DestinationConfig | None, stored: GateState | None) -> GateState | None:
+    """A destination's stored gate as operators see it: None unless it has a rate limit or a
+    breaker; a full bucket and a closed circuit until the store has a row for it."""
+    if config is None or (config.rate_limit is None and config.breaker is None):
+        return None
+    return stored or GateState()
 
 
 def _finished(replay_id: int, matched: int, created: list[CreatedDelivery]) -> ReplayOutcome:

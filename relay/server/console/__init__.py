@@ -68,6 +68,7 @@ class Console:
             "/replay": a.replay,
             "/destinations/{name}/pause": a.pause,
             "/destinations/{name}/resume": a.resume,
+            "/destinations/{name}/reset": a.reset,
         }
         return [
             web.get(PREFIX + "/login", access.show_login, allow_head=False),

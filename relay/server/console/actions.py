@@ -1,5 +1,5 @@
 """The console's actions (POST, CSRF-checked by the access guard): replay one event, confirm a
-bulk replay, pause and resume a destination.
+bulk replay, pause and resume a destination, close its circuit by hand.
 
 Each calls the Control method the admin API calls, with the logged-in operator as the one who
 asked, then redirects (303) to the page that shows the result.
@@ -71,3 +71,10 @@ class Actions:
         released = await self.deps.control.resume(name)
         log.info("console: %s resumed destination=%s", auth.operator, name)
         return redirect("/console?" + urlencode({"done": "resume", "name": name, "n": released}))
+
+    async def reset(self, request: web.Request, auth: Auth) -> web.Response:
+        name = request.match_info["name"]
+        was_open = await self.deps.control.reset_circuit(name, auth.operator)
+        log.info("console: %s reset the circuit of destination=%s", auth.operator, name)
+        query = urlencode({"done": "reset", "name": name, "n": int(was_open)})
+        return redirect(f"/console?{query}")

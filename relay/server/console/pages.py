@@ -313,7 +313,7 @@ NO_FILTER = (
 
 
 def _action_notice(query: Any, names: set[str]) -> str | None:
-    """The line that reports a pause or resume after its redirect (built here, never taken
+    """The line that reports a pause, resume or reset after its redirect (built here, never taken
     from the URL, so a crafted link cannot put words on the page)."""
     name, done, count = query.get("name", ""), query.get("done", ""), parse_id(query.get("n", ""))
     if name not in names or count is None:
@@ -322,4 +322,8 @@ def _action_notice(query: Any, names: set[str]) -> str | None:
         return f"Paused {name}: {count} pending deliveries held until it is resumed."
     if done == "resume":
         return f"Resumed {name}: {count} held deliveries are due now."
+    if done == "reset":
+        if count:
+            return f"Closed the circuit of {name}: its waiting deliveries go out again."
+        return f"The circuit of {name} was not open; its failure count starts again."
     return None
