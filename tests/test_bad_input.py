@@ -211,7 +211,10 @@ async def test_a_huge_body_being_parsed_does_not_stall_other_requests(
         assert status == 200
         small_latencies.append(time.perf_counter() - t0)
     assert (await big)[0] == 200
-    assert max(small_latencies) < 1.0, max(small_latencies)
+    # Parsed on the event loop, the big body would hold every small request until it was done:
+    # one at most would be answered meanwhile. Parsed aside, they keep being answered. (Counted,
+    # not timed: a loaded machine makes any one request slow, but not one-at-a-time.)
+    assert len(small_latencies) >= 5, small_latencies
     # Commit order is id order even though the big one was parsed aside, so a client paging
     # the events list by id cursor cannot step past it before it is stored.
     with sqlite3.connect(db) as conn:
