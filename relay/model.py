@@ -13,13 +13,17 @@ from datetime import UTC, datetime
 
 
 class DeliveryState(enum.StrEnum):
-    """Where a delivery stands; only ``pending`` and ``delivering`` are picked up by workers."""
+    """Where a delivery stands; only ``pending`` and ``delivering`` are picked up by workers.
+
+    ``discarded``: an operator dropped it before it was sent (it is never attempted again).
+    """
 
     PENDING = "pending"
     DELIVERING = "delivering"
     DELIVERED = "delivered"
     DEAD = "dead"
     PAUSED = "paused"
+    DISCARDED = "discarded"
 
 
 class AttemptOutcome(enum.StrEnum):
@@ -212,6 +216,14 @@ class DeliveryRecord:
     last_status: int | None
     last_error: str | None
     replay_id: int | None
+    # Why a dead delivery was given up (attempts or age exhausted, a permanent 4xx); last_error
+    # keeps what its last attempt got.
+    dead_reason: str | None = None
+    # A dead delivery is resolved once its event reached the destination by another delivery,
+    # or an operator said so; only unresolved ones are dead letters.
+    resolved_at: float | None = None
+    resolved_by: str | None = None
+    resolve_reason: str | None = None
     attempt_log: tuple[AttemptRecord, ...] = ()
 
 
@@ -248,12 +260,14 @@ class EventDetail:
 
 class ReplayState(enum.StrEnum):
     """Where a replay stands. A running replay is a job: any process sharing the store runs it,
-    and another one carries on if that process stops. ``interrupted`` is only found on replays
-    recorded by releases that stopped them with the process."""
+    and another one carries on if that process stops. ``cancelled``: an operator stopped it
+    (it creates no more deliveries). ``interrupted`` is only found on replays recorded by
+    releases that stopped them with the process."""
 
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"
 
 
@@ -345,9 +359,85 @@ class ReplayRecord:
     created: int
     state: ReplayState
     finished_at: float | None
-    per_destination: tuple[tuple[str, int], ...] = ()
+    # Its deliveries now: (destination, state, how many), for progress and outcome.
+    counts: tuple[tuple[str, DeliveryState, int], ...] = ()
     where: EventFilter = EventFilter()
     cursor: int | None = None  # the position of the last event walked
+    cancelled_by: str | None = None
+
+    @property
+    def per_destination(self) -> tuple[tuple[str, int], ...]:
+        """Deliveries created per destination, whatever became of them."""
+        totals: dict[str, int] = {}
+        for destination, _, n in self.counts:
+            totals[destination] = totals.get(destination, 0) + n
+        return tuple(sorted(totals.items()))
+
+    def in_state(self, *states: DeliveryState) -> int:
+        return sum(n for _, state, n in self.counts if state in states)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayPage:
+    replays: tuple[ReplayRecord, ...]
+    next_cursor: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFilter:
+    """Which waiting deliveries an operator means (to discard them): unset fields match all.
+
+    ``event`` selects by the delivery's event (type, email, received time...); ``states`` are
+    the waiting states it may be in.
+    """
+
+    destination: str | None = None
+    replay_id: int | None = None
+    states: tuple[DeliveryState, ...] = (DeliveryState.PENDING, DeliveryState.PAUSED)
+    event: EventFilter = EventFilter()
+
+
+class AuditAction(enum.StrEnum):
+    """What an operator did, as the audit trail records it."""
+
+    PAUSE = "pause"
+    RESUME = "resume"
+    PRUNE = "prune"
+    REPLAY = "replay"
+    CANCEL = "cancel"
+    DISCARD = "discard"
+    RESOLVE = "resolve"
+    RETRY = "retry"
+    RESET = "reset"  # a destination's circuit closed by hand
+    RELOAD = "reload"
+
+
+@dataclass(frozen=True, slots=True)
+class NewAudit:
+    """One operator action: who, from where, what, on what, and its parameters and effect."""
+
+    operator: str
+    action: AuditAction
+    target: str | None = None
+    detail: str = "{}"  # JSON
+    peer: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    id: int
+    at: float
+    operator: str
+    action: str
+    target: str | None
+    detail: str
+    peer: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    entries: tuple[AuditRecord, ...]
+    next_cursor: int | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -296,7 +296,8 @@ async def test_dead_deliveries_are_listed_with_their_last_error(
     (item,) = answer["deliveries"]
     assert item["destination"] == "crm" and item["state"] == "dead" and item["type"] == "subscribe"
     assert item["email"] == "user1@example.com"
-    assert item["last_status"] == 500 and "gave up" in item["last_error"]
+    assert item["last_status"] == 500 and item["last_error"] == "HTTP 500: sink says hi"
+    assert item["dead_reason"] == "gave up after 2 attempts"
     assert answer["next_cursor"] == str(item["id"])
     _, rest = await admin_call(
         relay, "GET", f"/admin/deliveries?state=dead&cursor={answer['next_cursor']}"

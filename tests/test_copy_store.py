@@ -22,11 +22,15 @@ from relay.config import BreakerPolicy, StorageConfig
 from relay.model import (
     AttemptOutcome,
     AttemptResult,
+    AuditAction,
+    AuditPage,
     Decision,
+    DeliveryFilter,
     DeliveryListing,
     DeliveryState,
     EventFilter,
     EventRecord,
+    NewAudit,
     NewEvent,
     NewReplay,
     RawRequest,
@@ -167,6 +171,18 @@ async def make_source(db: Path, sink: Sink, start_relay: RelayFactory) -> None:
         gave_up = Decision(DeliveryState.DEAD, reason="gave up")
         held = await store.complete_gated(down, refused, gave_up, DOWN)
         assert held.change is not None and not held.charged
+        # What operators did: a dead letter resolved by hand, one held delivery discarded, and
+        # the audit trail saying so; one event's address in capitals, found in any case.
+        (rejected, *_) = (await store.list_deliveries(DeliveryState.DEAD, "reject", 1)).deliveries
+        assert await store.resolve_delivery(rejected.delivery.id, "dana", "crm has them")
+        dropped = await store.discard(DeliveryFilter(destination="dw", event=EventFilter(
+            type="upemail")))  # fmt: skip
+        assert dropped == {"dw": 1}
+        await store.record_audit(NewAudit("dana", AuditAction.DISCARD, "dw", '{"n": 1}', "::1"))
+        await store.ingest(raw_request(subscribe_body("Caps@Example.COM")), [
+            NewEvent("audience-user", "user", "subscribe", time.time(), (),
+                     email="Caps@Example.COM"),
+        ])  # fmt: skip
     finally:
         await store.close()
 
@@ -201,6 +217,10 @@ async def assert_same_stores(source: Store, target: Store) -> None:
     for state in (None, *DeliveryState):
         assert await all_deliveries(target, state) == await all_deliveries(source, state)
     assert {d.delivery.state for d in await all_deliveries(source, None)} == set(DeliveryState)
+    assert await target.list_audit(100) == await source.list_audit(100) != AuditPage((), None)
+    caps = EventFilter(email="caps@example.com")
+    assert (await target.list_events(caps, 5)).events == (await source.list_events(caps, 5)).events
+    assert len((await target.list_events(caps, 5)).events) == 1
     replay = await source.get_replay(1)
     assert replay is not None and await target.get_replay(1) == replay
     assert await target.paused_destinations() == await source.paused_destinations() == {"dw"}
@@ -253,7 +273,10 @@ async def test_a_sqlite_store_copied_to_postgresql_is_identical_and_a_relay_carr
     relay = await start_relay(relay_config(target, sink, db))
     sent_before = {d: len(sink.at(f"/{d}")) for d in ("crm", "dw")}
     assert (await admin_call(relay, "POST", "/admin/destinations/dw/resume"))[0] == 200
-    await wait_until(lambda: len(sink.at("/dw")) == sent_before["crm"], what="paused deliveries")
+    # All that waited for dw but the one discarded.
+    await wait_until(
+        lambda: len(sink.at("/dw")) == sent_before["crm"] - 1, what="paused deliveries"
+    )
     # The claim left in flight (lease over) and the replay's two deliveries.
     await wait_until(lambda: len(sink.at("/crm")) == sent_before["crm"] + 3, what="crm's backlog")
     crm = sink.at("/crm")[sent_before["crm"] :]

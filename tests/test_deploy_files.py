@@ -256,7 +256,7 @@ def test_dashboard_has_a_panel_for_each_operational_question() -> None:
         "End-to-end latency p50 / p99",
         "Backlog by destination and state",
         "Oldest pending delivery age",
-        "Dead deliveries",
+        "Dead letters",
         "Deliveries given up",
         "Replays",
         "Replayed deliveries",

@@ -281,7 +281,8 @@ async def test_redirect_is_not_followed_but_recorded_as_3xx_and_retried_per_poli
     relay = await relay_for(start_relay, tmp_path, down.url(), retry={**RETRY, "max_attempts": 3})
     delivery = await settled(relay, DeliveryState.DEAD)
     assert [(a.outcome, a.status) for a in delivery.attempt_log] == [("3xx", status)] * 3
-    assert delivery.last_error == "gave up after 3 attempts"
+    assert delivery.last_error == f"HTTP {status}"  # a redirect's body is empty
+    assert delivery.dead_reason == "gave up after 3 attempts"
     assert sink.received == []  # the Location was never visited
     assert len(down.requests) == 3
 

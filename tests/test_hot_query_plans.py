@@ -68,7 +68,9 @@ def test_ingest_takes_the_next_position_from_the_position_index(conn: sqlite3.Co
 
 
 def test_complete_updates_by_primary_key(conn: sqlite3.Connection) -> None:
-    text = plan(conn, sqlite_batch._COMPLETE, ("delivered", None, 1.0, 1.0, 200, None, 1, 1))
+    text = plan(
+        conn, sqlite_batch._COMPLETE, ("delivered", None, 1.0, 1.0, 200, None, None, 1, 1)
+    )
     assert "USING INTEGER PRIMARY KEY" in text, text
 
 
@@ -81,5 +83,17 @@ def test_gated_claims_and_completes_read_and_write_by_primary_key(
         conn, gates._READ, ("crm",)
     )
     assert "SEARCH destination_state USING INDEX" in plan(conn, gates._PAUSED, ("crm",))
-    for sql, params in ((gates._EXPIRE, (1.0, "x", 1)), (gates._HOLD_ATTEMPT, (1, 1))):
+    for sql, params in ((gates._EXPIRE, (1.0, "x", "x", 1)), (gates._HOLD_ATTEMPT, (1, 1))):
         assert "USING INTEGER PRIMARY KEY" in plan(conn, sql, params), sql
+
+
+def test_a_delivery_resolves_its_dead_letters_through_the_dead_letter_index(
+    conn: sqlite3.Connection,
+) -> None:
+    text = plan(conn, sqlite_batch.RESOLVE_DEAD, (1.0, "delivery 1", "crm", "01EVENT"))
+    assert "SEARCH deliveries USING INDEX deliveries_dead (destination=? AND event_id=?)" in text
+
+
+def test_stats_count_dead_letters_from_their_partial_index(conn: sqlite3.Connection) -> None:
+    text = plan(conn, store_sqlite._STATS, ())
+    assert "deliveries_dead" in text, text

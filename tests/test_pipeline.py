@@ -203,7 +203,9 @@ async def test_delivery_is_dead_after_max_attempts(
     await wait_until(dead, what="state dead")
     detail = await relay.relay.store.get_event(event_id)
     assert detail is not None
-    assert detail.deliveries[0].last_error == "gave up after 3 attempts"
+    # The error that killed it, not a summary; the summary is why it was given up.
+    assert detail.deliveries[0].last_error == "HTTP 502: sink says hi"
+    assert detail.deliveries[0].dead_reason == "gave up after 3 attempts"
     assert len(sink.at("/crm")) == 3  # no fourth attempt
 
 
@@ -225,7 +227,8 @@ async def test_permanent_4xx_is_dead_at_once(
     await wait_until(dead)
     detail = await relay.relay.store.get_event(event_id)
     assert detail is not None
-    assert detail.deliveries[0].last_error == f"permanent failure: HTTP {status}"
+    assert detail.deliveries[0].last_error == f"HTTP {status}: sink says hi"
+    assert detail.deliveries[0].dead_reason == f"permanent failure: HTTP {status}"
     assert detail.deliveries[0].attempts == 1
 
 
@@ -478,10 +481,13 @@ async def test_max_age_ends_retries_counted_from_the_delivery_creation(
 
     def state() -> list[tuple[object, ...]]:
         with sqlite3.connect(db) as conn:
-            return list(conn.execute("SELECT state, attempts, last_error FROM deliveries"))
+            return list(
+                conn.execute("SELECT state, attempts, last_error, dead_reason FROM deliveries")
+            )
 
     await wait_until(lambda: state()[0][0] == "dead", what="max_age to end the retries")
-    ((_, attempts, last_error),) = state()
+    ((_, attempts, last_error, reason),) = state()
     assert isinstance(attempts, int) and 2 <= attempts <= 6
-    assert last_error == f"gave up after {attempts} attempts: max_age 0.5s reached"
+    assert last_error == "HTTP 503: sink says hi"
+    assert reason == f"gave up after {attempts} attempts: max_age 0.5s reached"
     assert len(sink.at("/crm")) == attempts

@@ -174,8 +174,17 @@ async def test_dead_letters_are_replayed_once_the_destination_recovers(
         lambda: len([r for r in sink.at("/crm") if r.headers.get("X-Relay-Replay")]) == 3
     )
     assert len(sink.at("/warehouse")) == 3  # the healthy destination got no duplicates
-    _, still_dead = await admin_call(relay, "GET", "/admin/deliveries?state=dead&destination=crm")
-    assert len(still_dead["deliveries"]) == 3  # history is kept: the old rows stay dead
+
+    async def resolved() -> bool:
+        _, dead = await admin_call(relay, "GET", "/admin/deliveries?state=dead&destination=crm")
+        return dead["deliveries"] == []  # no longer dead letters: their events got there
+
+    await wait_until(resolved, what="the dead letters to resolve")
+    # History is kept: the old rows stay dead, resolved by the replay's deliveries.
+    event_id = sink.at("/crm")[-1].headers["X-Relay-Event-Id"]
+    _, detail = await admin_call(relay, "GET", f"/admin/events/{event_id}")
+    old, new = [d for d in detail["deliveries"] if d["destination"] == "crm"]
+    assert (old["state"], old["resolved_by"]) == ("dead", f"delivery {new['id']}")
 
 
 async def test_pause_holds_deliveries_and_resume_drains_them(

@@ -19,7 +19,9 @@ FILTERS = {
     "type": EventFilter(type="unsubscribe"),
     "source": EventFilter(source="user"),
     "list": EventFilter(list_id="a6b5da1054"),
-    "email": EventFilter(email="ann@example.com"),
+    "email": EventFilter(email="Ann@Example.com"),
+    "type glob": EventFilter(type="unsub*"),
+    "type glob+since": EventFilter(type="unsub*", since=1_700_000_000.0),
     "state": EventFilter(state=DeliveryState.DEAD),
     "state+destination": EventFilter(state=DeliveryState.DEAD, destination="crm"),
     "since": EventFilter(since=1_700_000_000.0),
@@ -47,10 +49,16 @@ def plan(conn: sqlite3.Connection, sql: str, params: list[object]) -> list[str]:
     return [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
 
 
+# Partial indexes that hold only rows the queries using them want: reading one whole is a range.
+WHOLE_INDEX_IS_A_RANGE = ("deliveries_dead",)
+
+
 def assert_no_full_scan(lines: list[str]) -> None:
     for line in lines:
         words = line.split()
         if words[:1] == ["SCAN"] and words[1] in ("e", "d", "events", "deliveries"):
+            if words[-1] in WHOLE_INDEX_IS_A_RANGE and "INDEX" in words:
+                continue
             pytest.fail(f"full scan in plan: {lines}")
     assert any("USING" in line and "INDEX" in line for line in lines), lines
 

@@ -22,7 +22,7 @@ CONFIRM_ABOVE = 100
 POLL_INTERVAL = 0.5
 
 
-def _emit(args: argparse.Namespace, answer: Any, text: str, hint: str | None = None) -> None:
+def emit(args: argparse.Namespace, answer: Any, text: str, hint: str | None = None) -> None:
     print(out.as_json(answer) if args.json else text)
     if hint and not args.json:
         # On standard error, as kubectl and gh do: `| wc -l` and `| cut` see only the table.
@@ -32,27 +32,27 @@ def _emit(args: argparse.Namespace, answer: Any, text: str, hint: str | None = N
 _FILTERS = ("inbound", "type", "source", "list", "email", "state", "destination", "since", "until")
 
 
-def _filter(args: argparse.Namespace) -> dict[str, str]:
+def event_filter(args: argparse.Namespace) -> dict[str, str]:
     return {k: getattr(args, k) for k in _FILTERS if getattr(args, k) is not None}
 
 
 async def events_list(client: AdminClient, args: argparse.Namespace) -> int:
-    params = _filter(args)
+    params = event_filter(args)
     params["limit"] = str(args.limit)
     if args.cursor:
         params["cursor"] = args.cursor
     _, answer = await client.get("/admin/events", params)
-    _emit(args, answer, out.events_table(answer), out.more_hint(answer))
+    emit(args, answer, out.events_table(answer), out.more_hint(answer))
     return EXIT_OK
 
 
 async def events_show(client: AdminClient, args: argparse.Namespace) -> int:
-    _, answer = await client.get(f"/admin/events/{_segment(args.id)}")
+    _, answer = await client.get(f"/admin/events/{path_segment(args.id)}")
     if args.body:
         sys.stdout.buffer.write(base64.b64decode(answer["request"]["body_b64"]))
         sys.stdout.flush()
         return EXIT_OK
-    _emit(args, answer, out.event_detail(answer))
+    emit(args, answer, out.event_detail(answer))
     return EXIT_OK
 
 
@@ -60,14 +60,14 @@ async def replay(client: AdminClient, args: argparse.Namespace) -> int:
     body: dict[str, Any] = {}
     if args.to:
         body["destinations"] = args.to
-    where = _filter(args)
+    where = event_filter(args)
     if args.id:
         if where:
             raise UsageError("give an event ID or filters, not both")
-        path = f"/admin/events/{_segment(args.id)}/replay"
+        path = f"/admin/events/{path_segment(args.id)}/replay"
         if args.dry_run:
             _, preview = await client.post(path, {**body, "dry_run": True})
-            _emit(args, preview, out.replay_summary(preview))
+            emit(args, preview, out.replay_summary(preview))
             return EXIT_OK
         _, answer = await client.post(path, body)
         lines = [f"replay {answer['replay_id']}: event {args.id}"]
@@ -75,30 +75,30 @@ async def replay(client: AdminClient, args: argparse.Namespace) -> int:
                   for d in answer["deliveries"]]  # fmt: skip
         if not answer["deliveries"]:
             lines.append("  no destination matches this event today; name one with --to")
-        _emit(args, answer, "\n".join(lines))
+        emit(args, answer, "\n".join(lines))
         return EXIT_OK
     if not where:
         raise UsageError("give an event ID or at least one filter (--type, --since, --state, ...)")
     body["filter"] = where
     _, preview = await client.post("/admin/replay", {**body, "dry_run": True})
     if args.dry_run:
-        _emit(args, preview, out.replay_summary(preview))
+        emit(args, preview, out.replay_summary(preview))
         return EXIT_OK
     if preview["matched"] > CONFIRM_ABOVE and not args.yes:
         summary = (
             f"{preview['matched']} events, {preview['deliveries']} deliveries"
             f" ({out.per_destination(preview.get('per_destination'))})"
         )
-        if not _confirm("replay", summary):
+        if not confirm("replay", summary):
             return EXIT_USAGE
     status, answer = await client.post("/admin/replay", body)
     if status == 202:
         answer = await _follow(client, answer["replay_id"], quiet=args.json)
-    _emit(args, answer, out.replay_summary(answer))
+    emit(args, answer, out.replay_summary(answer))
     return EXIT_OK if answer["state"] == "done" else EXIT_FAILURE
 
 
-def _confirm(verb: str, what: str) -> bool:
+def confirm(verb: str, what: str) -> bool:
     """Ask on a terminal before a big or irreversible step; refuse when nobody can answer."""
     if not sys.stdin.isatty():
         print(
@@ -136,32 +136,32 @@ async def deliveries_list(client: AdminClient, args: argparse.Namespace) -> int:
         if getattr(args, key):
             params[key] = getattr(args, key)
     _, answer = await client.get("/admin/deliveries", params)
-    _emit(args, answer, out.deliveries_table(answer), out.more_hint(answer))
+    emit(args, answer, out.deliveries_table(answer), out.more_hint(answer))
     return EXIT_OK
 
 
 async def destinations_list(client: AdminClient, args: argparse.Namespace) -> int:
     _, answer = await client.get("/admin/destinations")
-    _emit(args, answer, out.destinations_table(answer))
+    emit(args, answer, out.destinations_table(answer))
     return EXIT_OK
 
 
 async def destinations_pause(client: AdminClient, args: argparse.Namespace) -> int:
-    _, answer = await client.post(f"/admin/destinations/{_segment(args.name)}/pause")
-    _emit(args, answer, f"{args.name}: paused ({answer['held']} pending deliveries held)")
+    _, answer = await client.post(f"/admin/destinations/{path_segment(args.name)}/pause")
+    emit(args, answer, f"{args.name}: paused ({answer['held']} pending deliveries held)")
     return EXIT_OK
 
 
 async def destinations_resume(client: AdminClient, args: argparse.Namespace) -> int:
-    _, answer = await client.post(f"/admin/destinations/{_segment(args.name)}/resume")
-    _emit(args, answer, f"{args.name}: resumed ({answer['released']} held deliveries due now)")
+    _, answer = await client.post(f"/admin/destinations/{path_segment(args.name)}/resume")
+    emit(args, answer, f"{args.name}: resumed ({answer['released']} held deliveries due now)")
     return EXIT_OK
 
 
 async def destinations_reset(client: AdminClient, args: argparse.Namespace) -> int:
-    _, answer = await client.post(f"/admin/destinations/{_segment(args.name)}/reset")
+    _, answer = await client.post(f"/admin/destinations/{path_segment(args.name)}/reset")
     was = "was open" if answer["was_open"] else "was not open"
-    _emit(args, answer, f"{args.name}: circuit closed ({was}); its deliveries go out again")
+    emit(args, answer, f"{args.name}: circuit closed ({was}); its deliveries go out again")
     return EXIT_OK
 
 
@@ -176,24 +176,24 @@ async def prune(client: AdminClient, args: argparse.Namespace) -> int:
     body = {"older_than_days": days}
     _, preview = await client.post("/admin/prune", {**body, "dry_run": True})
     if args.dry_run:
-        _emit(args, preview, out.prune_preview(preview))
+        emit(args, preview, out.prune_preview(preview))
         return EXIT_OK
     # Deleting is not undone: ask unless told not to, as a large replay does. Nothing to
     # delete needs no question (and keeps a scheduled prune with nothing to do quiet).
     if preview["matched"] and not args.yes:
         what = f"{preview['matched']} events received before {preview['cutoff']}"
-        if not _confirm("delete", what):
+        if not confirm("delete", what):
             return EXIT_USAGE
     _, answer = await client.post("/admin/prune", body)
     text = (
         f"deleted {answer['deleted_events']} events and {answer['deleted_requests']} requests"
         f" older than {days:g} days"
     )
-    _emit(args, answer, text)
+    emit(args, answer, text)
     return EXIT_OK
 
 
-def _segment(value: str) -> str:
+def path_segment(value: str) -> str:
     """One URL path segment: an id or name with "/" or ".." must not reach another route."""
     if value in ("", ".", ".."):
         raise UsageError(f"not a valid id or name: {value!r}")

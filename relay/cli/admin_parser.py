@@ -18,6 +18,7 @@ from relay.cli.admin import (
     replay,
 )
 from relay.cli.connect import DEFAULT_URL, TOKEN_ENV, run
+from relay.cli.control_parser import add_audit, add_delivery_actions, add_replays
 
 
 def _common(parser: argparse.ArgumentParser, json_flag: bool = True) -> None:
@@ -37,23 +38,32 @@ def _common(parser: argparse.ArgumentParser, json_flag: bool = True) -> None:
         help=f"read the admin token here instead of ${TOKEN_ENV}: a file holding the token, or"
         f" an environment file with a {TOKEN_ENV}= line (e.g. /etc/relay/relay.env)",
     )
-    group.add_argument("--operator", help="who asks, recorded with replays (default: cli:$USER)")
+    group.add_argument(
+        "--operator",
+        help="who asks, recorded in the audit trail and with replays (default: cli:$USER)",
+    )
     if json_flag:
         parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
 
 
-def _filters(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("filters")
+def _filters(parser: argparse.ArgumentParser, delivery_keys: bool = True) -> None:
+    group = parser.add_argument_group("filters (of the event)")
     group.add_argument("--inbound", help="inbound name")
-    group.add_argument("--type", help="event type, e.g. unsubscribe")
+    group.add_argument(
+        "--type", help="event type, or a glob as destination filters take: unsubscribe, 'unsub*'"
+    )
     group.add_argument("--source", help="source tag, e.g. user")
     group.add_argument("--list", help="audience (list) id")
-    group.add_argument("--email", help="email address")
-    group.add_argument(
-        "--state",
-        help="has a delivery in this state (pending, delivering, delivered, dead, paused)",
-    )
-    group.add_argument("--destination", help="has a delivery to this destination (in --state)")
+    group.add_argument("--email", help="email address, whatever its case")
+    if delivery_keys:
+        group.add_argument(
+            "--state",
+            help="has a delivery in this state (pending, delivering, delivered, dead, paused,"
+            " discarded); dead: a dead letter, not resolved",
+        )
+        group.add_argument(
+            "--destination", help="has a delivery to this destination (in --state)"
+        )
     group.add_argument(
         "--since",
         help="received at or after: ISO-8601 (2026-11-01, 2026-11-01T12:00Z) or Unix seconds",
@@ -98,17 +108,29 @@ def add_admin_commands(sub: Any) -> None:
     _common(rp)
     rp.set_defaults(func=run(replay))
 
-    deliveries = sub.add_parser("deliveries", help="list deliveries, e.g. dead letters")
+    deliveries = sub.add_parser(
+        "deliveries", help="list deliveries (e.g. dead letters), retry, resolve, discard"
+    )
     deliveries_sub = deliveries.add_subparsers(
         dest="deliveries_command", metavar="ACTION", required=True
     )
-    dl = deliveries_sub.add_parser("list", help="deliveries newest first")
-    dl.add_argument("--state", help="pending, delivering, delivered, dead or paused")
+    dl = deliveries_sub.add_parser(
+        "list",
+        help="deliveries newest first, with the status and error of their last attempt",
+    )
+    dl.add_argument(
+        "--state",
+        help="pending, delivering, delivered, dead (dead letters: not resolved), paused or"
+        " discarded",
+    )
     dl.add_argument("--destination", help="destination name")
     dl.add_argument("--limit", type=int, default=50, help="at most this many (1-1000; default 50)")
     dl.add_argument("--cursor", help="continue after this delivery id")
     _common(dl)
     dl.set_defaults(func=run(deliveries_list))
+    add_delivery_actions(deliveries_sub, _common, _filters)
+    add_replays(sub, _common)
+    add_audit(sub, _common)
 
     dest = sub.add_parser(
         "destinations", help="list, pause and resume destinations; close a circuit by hand"

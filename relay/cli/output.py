@@ -90,12 +90,22 @@ def event_detail(event: dict[str, Any]) -> str:
         lines.append("no deliveries")
         return "\n".join(lines)
     rows = [
-        (d["id"], d["destination"], d["state"], d["attempts"], d["last_status"], d["replay_id"],
-         d["next_attempt_at"] if d["state"] == "pending" else None, d["last_error"])
+        (d["id"], d["destination"], state_cell(d), d["attempts"], d["last_status"],
+         d["replay_id"], d["next_attempt_at"] if d["state"] == "pending" else None,
+         d["last_error"])
         for d in deliveries
     ]  # fmt: skip
     headers = ("DELIVERY", "DESTINATION", "STATE", "TRIES", "STATUS", "REPLAY", "NEXT", "ERROR")
     lines += ["deliveries:", table(headers, rows)]
+    for d in deliveries:
+        if d.get("dead_reason"):
+            lines.append(f"  delivery {d['id']} gave up: {_cell(d['dead_reason'])}")
+        if d.get("resolved_at"):
+            why = f": {_cell(d['resolve_reason'])}" if d.get("resolve_reason") else ""
+            lines.append(
+                f"  delivery {d['id']} resolved {d['resolved_at']} by {_cell(d['resolved_by'])}"
+                f"{why}"
+            )
     for d in deliveries:
         if d["attempts_log"]:
             lines += ["", f"attempts of delivery {d['id']} ({d['destination']}):"]
@@ -121,15 +131,23 @@ def _attempts(attempts: list[dict[str, Any]]) -> list[str]:
 
 
 def deliveries_table(answer: dict[str, Any]) -> str:
+    """Deliveries with what their last attempt got: a dead letter's status and error say why."""
     rows = [
-        (d["id"], d["event_id"], d["destination"], d["state"], d["type"], d["attempts"],
-         d["updated_at"], d["last_error"])
+        (d["id"], d["event_id"], d["destination"], state_cell(d), d["type"], d["attempts"],
+         d["updated_at"], d["last_status"], d["last_error"])
         for d in answer["deliveries"]
     ]  # fmt: skip
     if not rows:
         return "no matching deliveries"
-    headers = ("ID", "EVENT", "DESTINATION", "STATE", "TYPE", "TRIES", "UPDATED", "LAST ERROR")
+    headers = ("ID", "EVENT", "DESTINATION", "STATE", "TYPE", "TRIES", "UPDATED", "STATUS",
+               "ERROR")  # fmt: skip
     return table(headers, rows)
+
+
+def state_cell(delivery: dict[str, Any]) -> str:
+    """A delivery's state; a dead one resolved since (its event got there) says so."""
+    state = str(delivery["state"])
+    return f"{state} (resolved)" if delivery.get("resolved_at") else state
 
 
 def destinations_table(answer: dict[str, Any]) -> str:
@@ -196,3 +214,52 @@ def prune_preview(answer: dict[str, Any]) -> str:
         f" {answer['older_than_days']:g} days) would be deleted, with their deliveries and"
         " attempts; events with a delivery still pending, delivering or paused are kept"
     )
+
+
+def replays_table(answer: dict[str, Any]) -> str:
+    rows = [
+        (r["id"], r["state"], r["requested_by"], r["requested_at"],
+         f"{r['matched']}/{r['total'] if r['total'] is not None else '?'}", r["created"],
+         as_json_line(r["filter"]))
+        for r in answer["replays"]
+    ]  # fmt: skip
+    if not rows:
+        return "no replays"
+    return table(("ID", "STATE", "BY", "REQUESTED", "EVENTS", "DELIVERIES", "FILTER"), rows)
+
+
+def replay_detail(r: dict[str, Any]) -> str:
+    """A replay's progress (events walked, deliveries made) and outcome (what became of them)."""
+    ended = f"  {r['state']} {r['finished_at']}" if r.get("finished_at") else ""
+    by = f" by {r['cancelled_by']}" if r.get("cancelled_by") else ""
+    lines = [
+        f"replay     {r['id']}  {r['state']}{by}",
+        f"requested  {r['requested_at']} by {_cell(r['requested_by'])}{ended}",
+        f"filter     {printable(as_json_line(r['filter']))}",
+        f"to         {', '.join(r['destinations']) or '(the destinations whose filters match)'}",
+        f"progress   {r['matched']} of {r['total'] if r['total'] is not None else '?'} events,"
+        f" {r['created']} deliveries created",
+        f"outcome    {r['delivered']} delivered, {r['dead']} dead, {r['pending']} pending,"
+        f" {r['discarded']} discarded",
+    ]
+    per = r.get("outcome_per_destination") or {}
+    if per:
+        states = ("delivered", "dead", "pending", "delivering", "paused", "discarded")
+        rows = [(name, *(counts.get(s, 0) for s in states)) for name, counts in sorted(per.items())]
+        lines += ["", table(("DESTINATION", *(s.upper() for s in states)), rows)]
+    return "\n".join(lines)
+
+
+def audit_table(answer: dict[str, Any]) -> str:
+    rows = [
+        (a["id"], a["at"], a["operator"], a["action"], a["target"], a["peer"],
+         as_json_line(a["detail"]))
+        for a in answer["entries"]
+    ]  # fmt: skip
+    if not rows:
+        return "no audit entries"
+    return table(("ID", "AT", "OPERATOR", "ACTION", "TARGET", "FROM", "DETAIL"), rows)
+
+
+def as_json_line(data: Any) -> str:
+    return orjson.dumps(data).decode()

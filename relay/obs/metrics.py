@@ -128,7 +128,8 @@ class Metrics:
         self.deliveries = Gauge(
             "relay_deliveries",
             "Deliveries not delivered, by destination and state: waiting or in flight (pending,"
-            " delivering, paused) or given up (dead).",
+            " delivering, paused) or dead letters (dead: given up, and not resolved since by a"
+            " later delivery of the event or an operator).",
             ["destination", "state"],
             registry=r,
         )

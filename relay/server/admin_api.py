@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,16 +32,17 @@ from relay.server.admin_json import (
     parse_cursor,
     parse_filter,
     parse_flag,
-    parse_id,
     parse_limit,
     parse_names,
-    replay_json,
     request_json,
 )
+from relay.server.audit import Actor, operator_name
 from relay.server.auth import admin_auth_problem
 from relay.server.control import (
+    ConflictError,
     Control,
     NoBreakerError,
+    NotFoundError,
     ReplayOutcome,
     ReplayRequest,
     UnknownDestinationError,
@@ -50,7 +52,6 @@ from relay.store import Store, StoreError
 log = logging.getLogger("relay.admin")
 
 PREFIX = "/admin"
-DEFAULT_OPERATOR = "admin-api"
 OPERATOR_HEADER = "X-Relay-Operator"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -66,45 +67,77 @@ def error(status: int, reason: str, headers: dict[str, str] | None = None) -> we
     return response
 
 
-def admin_middleware(token: str | None) -> Any:
-    """Auth for every /admin path (known or not), and JSON for every error it answers."""
+def admin_middleware(token: Callable[[], str | None]) -> Any:
+    """Auth for every /admin path (known or not), JSON for every error it answers, and one log
+    line per admin request (401s included): method, path, status, operator, peer.
+
+    ``token`` gives the current ``[admin] token``: a reloaded configuration changes it.
+    """
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path != PREFIX and not request.path.startswith(PREFIX + "/"):
             return await handler(request)
-        problem = admin_auth_problem(token, request.headers.get("Authorization"))
-        if problem is not None:
-            return error(401, problem, {"WWW-Authenticate": 'Bearer realm="relay admin"'})
-        try:
-            return await handler(request)
-        except BadRequestError as exc:
-            return error(400, str(exc))
-        except UnknownDestinationError as exc:
-            return error(404, str(exc))
-        except NoBreakerError as exc:
-            return error(409, str(exc))
-        except StoreError as exc:
-            return error(503, f"storage unavailable: {exc}")
-        except web.HTTPMethodNotAllowed:
-            return error(405, f"method {request.method} not allowed on {request.path}")
-        except web.HTTPNotFound:
-            return error(404, f"no admin route {request.path}")
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            return error(exc.status, exc.reason)
+        started = time.perf_counter()
+        response = await _answer(request, handler, token())
+        _log_request(request, response.status, time.perf_counter() - started)
+        return response
 
     return middleware
+
+
+async def _answer(
+    request: web.Request, handler: Handler, token: str | None
+) -> web.StreamResponse:
+    problem = admin_auth_problem(token, request.headers.get("Authorization"))
+    if problem is not None:
+        return error(401, problem, {"WWW-Authenticate": 'Bearer realm="relay admin"'})
+    try:
+        return await handler(request)
+    except BadRequestError as exc:
+        return error(400, str(exc))
+    except (UnknownDestinationError, NotFoundError) as exc:
+        return error(404, str(exc))
+    except (ConflictError, NoBreakerError) as exc:
+        return error(409, str(exc))
+    except StoreError as exc:
+        return error(503, f"storage unavailable: {exc}")
+    except web.HTTPMethodNotAllowed:
+        return error(405, f"method {request.method} not allowed on {request.path}")
+    except web.HTTPNotFound:
+        return error(404, f"no admin route {request.path}")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error(exc.status, exc.reason)
+
+
+def _log_request(request: web.Request, status: int, seconds: float) -> None:
+    # The operator a request claims, even unauthenticated: a 401 shows who tried.
+    claimed = operator_name(request.headers.get(OPERATOR_HEADER)) or "(not printable)"
+    log.log(
+        logging.WARNING if status == 401 else logging.INFO,
+        "admin request method=%s path=%s status=%d operator=%r peer=%s duration_ms=%.1f",
+        request.method,
+        request.path,
+        status,
+        claimed,
+        request.remote or "-",
+        seconds * 1000,
+    )
 
 
 class Admin:
     """The /admin handlers of one relay."""
 
-    def __init__(self, settings: Settings, store: Store, control: Control) -> None:
-        self.settings = settings
+    def __init__(self, store: Store, control: Control) -> None:
         self.store = store
         self.control = control
+
+    @property
+    def settings(self) -> Settings:
+        # The control's: a reloaded configuration replaces it there.
+        return self.control.settings
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -112,7 +145,6 @@ class Admin:
             web.get(PREFIX + "/events/{id}", self.show_event, allow_head=False),
             web.post(PREFIX + "/events/{id}/replay", self.replay_event),
             web.post(PREFIX + "/replay", self.replay),
-            web.get(PREFIX + "/replays/{id}", self.show_replay, allow_head=False),
             web.get(PREFIX + "/deliveries", self.list_deliveries, allow_head=False),
             web.get(PREFIX + "/destinations", self.list_destinations, allow_head=False),
             web.post(PREFIX + "/destinations/{name}/pause", self.pause),
@@ -150,11 +182,13 @@ class Admin:
     async def replay_event(self, request: web.Request) -> web.Response:
         body = parse_body(await request.read(), {"destinations", "dry_run"})
         dry_run = parse_flag(body, "dry_run")
+        who = actor(request)
         outcome = await self.control.replay_event(
             request.match_info["id"],
             parse_names(body.get("destinations")),
-            _operator(request),
+            who.name,
             dry_run=dry_run,
+            peer=who.peer,
         )
         if outcome is None:
             return error(404, f"unknown event: {request.match_info['id']}")
@@ -177,25 +211,19 @@ class Admin:
             raise BadRequestError("filter: expected a JSON object")
         dry_run = parse_flag(body, "dry_run")
         where = parse_filter(raw_filter)
+        who = actor(request)
         outcome = await self.control.replay(
             ReplayRequest(
                 where=where,
                 destinations=parse_names(body.get("destinations")),
-                requested_by=_operator(request),
+                requested_by=who.name,
                 filter_json=filter_json(where),
                 dry_run=dry_run,
+                peer=who.peer,
             )
         )
         running = outcome.state is ReplayState.RUNNING
         return json_response(_outcome_json(outcome), status=202 if running else 200)
-
-    async def show_replay(self, request: web.Request) -> web.Response:
-        text = request.match_info["id"]
-        number = parse_id(text)
-        record = await self.store.get_replay(number) if number is not None else None
-        if record is None:
-            return error(404, f"unknown replay: {text}")
-        return json_response(replay_json(record))
 
     async def list_deliveries(self, request: web.Request) -> web.Response:
         query = request.query
@@ -230,19 +258,19 @@ class Admin:
     async def pause(self, request: web.Request) -> web.Response:
         parse_body(await request.read(), ())
         name = request.match_info["name"]
-        held = await self.control.pause(name)
+        held = await self.control.pause(name, actor(request))
         return json_response({"destination": name, "paused": True, "held": held})
 
     async def resume(self, request: web.Request) -> web.Response:
         parse_body(await request.read(), ())
         name = request.match_info["name"]
-        released = await self.control.resume(name)
+        released = await self.control.resume(name, actor(request))
         return json_response({"destination": name, "paused": False, "released": released})
 
     async def reset(self, request: web.Request) -> web.Response:
         parse_body(await request.read(), ())
         name = request.match_info["name"]
-        was_open = await self.control.reset_circuit(name, _operator(request))
+        was_open = await self.control.reset_circuit(name, actor(request))
         return json_response({"destination": name, "circuit": "closed", "was_open": was_open})
 
     async def prune(self, request: web.Request) -> web.Response:
@@ -263,7 +291,7 @@ class Admin:
                     "dry_run": True,
                 }
             )
-        result = await self.control.prune(float(days))
+        result = await self.control.prune(float(days), actor(request))
         return json_response(
             {
                 "deleted_events": result.deleted_events,
@@ -292,11 +320,11 @@ def _outcome_json(outcome: ReplayOutcome) -> dict[str, Any]:
     }
 
 
-def _operator(request: web.Request) -> str:
-    name = request.headers.get(OPERATOR_HEADER, "").strip()
-    # aiohttp decodes header bytes that are not UTF-8 to lone surrogates, which no store can
-    # keep as text (and isprintable() is false for them): the header is the client's mistake,
-    # so the answer is 400, not 503.
-    if not name.isprintable():
+def actor(request: web.Request) -> Actor:
+    """Who asks: ``X-Relay-Operator`` (default ``admin-api``), from the client's address."""
+    name = operator_name(request.headers.get(OPERATOR_HEADER))
+    if name is None:
+        # Header bytes that are not UTF-8 arrive as lone surrogates, which no store keeps as
+        # text: the client's mistake, so 400, not 503.
         raise BadRequestError(f"{OPERATOR_HEADER}: must be printable UTF-8 text")
-    return name[:100] if name else DEFAULT_OPERATOR
+    return Actor(name, request.remote)

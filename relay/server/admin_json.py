@@ -15,6 +15,7 @@ import orjson
 
 from relay.model import (
     AttemptRecord,
+    AuditRecord,
     DeliveryListing,
     DeliveryRecord,
     DeliveryState,
@@ -25,6 +26,7 @@ from relay.model import (
     iso_utc,
 )
 from relay.server.control import DestinationStatus
+from relay.store.rules import UNFINISHED
 
 # What a cursor is, as a bad one's error says.
 EVENTS_CURSOR = "the next_cursor of a previous page"
@@ -249,6 +251,10 @@ def delivery_json(d: DeliveryRecord, with_attempts: bool = False) -> dict[str, A
         "delivered_at": iso_utc(d.delivered_at),
         "last_status": d.last_status,
         "last_error": d.last_error,
+        "dead_reason": d.dead_reason,
+        "resolved_at": iso_utc(d.resolved_at),
+        "resolved_by": d.resolved_by,
+        "resolve_reason": d.resolve_reason,
         "replay_id": d.replay_id,
     }
     if with_attempts:
@@ -267,10 +273,10 @@ def listing_json(item: DeliveryListing) -> dict[str, Any]:
     }
 
 
-def replay_json(r: ReplayRecord) -> dict[str, Any]:
+def replay_summary_json(r: ReplayRecord) -> dict[str, Any]:
+    """A replay in a list: what it is and how far it got, without counting its deliveries."""
     return {
         "id": r.id,
-        "replay_id": r.id,
         "state": r.state.value,
         "requested_by": r.requested_by,
         "requested_at": iso_utc(r.requested_at),
@@ -280,7 +286,38 @@ def replay_json(r: ReplayRecord) -> dict[str, Any]:
         "matched": r.matched,
         "created": r.created,
         "finished_at": iso_utc(r.finished_at),
+        "cancelled_by": r.cancelled_by,
+    }
+
+
+def replay_json(r: ReplayRecord) -> dict[str, Any]:
+    """A replay with its progress (matched of total events, deliveries created) and outcome
+    (what became of those deliveries: delivered, dead, still pending, discarded)."""
+    per: dict[str, dict[str, int]] = {}
+    for destination, state, n in r.counts:
+        per.setdefault(destination, {})[state.value] = n
+    return {
+        **replay_summary_json(r),
+        "replay_id": r.id,
+        "delivered": r.in_state(DeliveryState.DELIVERED),
+        "dead": r.in_state(DeliveryState.DEAD),
+        "pending": r.in_state(*UNFINISHED),
+        "discarded": r.in_state(DeliveryState.DISCARDED),
         "per_destination": dict(r.per_destination),
+        "outcome_per_destination": per,
+    }
+
+
+def audit_json(a: AuditRecord) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "at": iso_utc(a.at),
+        "at_unix": a.at,
+        "operator": a.operator,
+        "action": a.action,
+        "target": a.target,
+        "detail": orjson.loads(a.detail),
+        "peer": a.peer,
     }
 
 

@@ -15,9 +15,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from relay.config import Settings
 from relay.delivery.sender import Sender
 from relay.delivery.worker import Dispatcher
+from relay.model import InboundKind
 from relay.obs.logs import FLUSH_INTERVAL, flush_logs
 from relay.obs.metrics import Metrics
 from relay.server.admin_api import Admin, admin_middleware
+from relay.server.admin_control import AdminControl
 from relay.server.body import InflightBudget
 from relay.server.console import Console
 from relay.server.control import Control
@@ -51,9 +53,8 @@ class Relay:
         # Connections to this relay, counted and timed by the sites that serve it (RelaySite).
         self.gate = gate
         self.sender = Sender()
-        kinds = {i.name: i.kind for i in settings.inbounds}
         self.dispatcher = Dispatcher(
-            settings.destinations, store, self.sender, metrics, on_fatal, kinds
+            settings.destinations, store, self.sender, metrics, on_fatal, _kinds(settings)
         )
         self.control = Control(settings, store, metrics, on_fatal)
         # Request bodies held in memory, across all inbound requests, and the heap they free.
@@ -89,6 +90,14 @@ class Relay:
             self.metrics.set_circuits(breakers, await self.store.gate_states())
 
 
+def _kinds(settings: Settings) -> dict[str, InboundKind]:
+    return {i.name: i.kind for i in settings.inbounds}
+
+
+def _journey_types(settings: Settings) -> frozenset[str]:
+    return frozenset(i.event_type for i in settings.inbounds if i.event_type)
+
+
 RELAY_KEY = web.AppKey("relay", Relay)
 
 
@@ -119,10 +128,9 @@ def create_app(
     application, ``app[ADMIN_APP_KEY]``, to be served on that address; the first then answers
     those paths 404. Both share one Relay, started and stopped with the first.
     """
-    journey_types = frozenset(i.event_type for i in settings.inbounds if i.event_type)
     metrics = Metrics(
         registry,
-        journey_types=journey_types,
+        journey_types=_journey_types(settings),
         inbounds=[i.name for i in settings.inbounds],
         destinations=[d.name for d in settings.destinations],
         rates={d.name: d.rate_limit.rate for d in settings.destinations if d.rate_limit},
@@ -159,9 +167,10 @@ def _add_health(app: web.Application) -> None:
 
 
 def _add_operator_parts(app: web.Application, relay: Relay, console: Console) -> None:
-    app.middlewares.append(admin_middleware(relay.settings.admin.token))
+    app.middlewares.append(admin_middleware(lambda: relay.settings.admin.token))
     app.middlewares.append(console.middleware())
-    app.router.add_routes(Admin(relay.settings, relay.store, relay.control).routes())
+    app.router.add_routes(Admin(relay.store, relay.control).routes())
+    app.router.add_routes(AdminControl(relay.store, relay.control).routes())
     app.router.add_routes(console.routes())
     app.router.add_get("/metrics", _metrics)
 
@@ -225,3 +234,4 @@ async def _metrics(request: web.Request) -> web.Response:
         await relay.refresh_stats()
     body = relay.metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+

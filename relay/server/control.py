@@ -1,13 +1,14 @@
-"""Operator control behind the admin API: replays, pause and resume, and retention pruning.
+"""Operator control behind the admin API (and the console): pause and resume, replays and their
+cancelling, retrying, resolving and discarding deliveries, retention pruning.
 
-Owns the background work this process does for every relay sharing the store: running replay
+Each change is carried out against the store, logged, and put on the audit trail. Control also
+owns the background work this process does for every relay sharing the store: running replay
 jobs (``relay.server.replays``) and the retention loop, started and stopped with the app.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -17,49 +18,64 @@ import orjson
 
 from relay.config import DestinationConfig, Settings
 from relay.model import (
-    CreatedDelivery,
-    EventFilter,
-    NewReplay,
+    AuditAction,
+    DeliveryFilter,
+    DeliveryRecord,
+    DeliveryState,
     PruneResult,
-    ReplayCandidate,
-    ReplayState,
     process_owner,
 )
 from relay.obs.metrics import Metrics
-from relay.pipeline.routing import targets
-from relay.server.replays import LEASE, ReplayJobs
+from relay.server.audit import Actor, Auditor
+from relay.server.replay_control import (
+    CancelOutcome,
+    ConflictError,
+    NotFoundError,
+    ReplayControl,
+    ReplayOutcome,
+    ReplayRequest,
+    UnknownDestinationError,
+)
 from relay.store import DestinationStats, Store, StoreError
 from relay.store.gate import GateState
 
 log = logging.getLogger("relay.control")
 
+__all__ = [
+    "Actor",
+    "CancelOutcome",
+    "ConflictError",
+    "Control",
+    "DestinationStatus",
+    "DiscardOutcome",
+    "NoBreakerError",
+    "NotFoundError",
+    "ReplayOutcome",
+    "ReplayRequest",
+    "RetryOutcome",
+    "UnknownDestinationError",
+]
 
-class UnknownDestinationError(Exception):
-    """A destination named by the operator is not in the configuration."""
+
+@dataclass(frozen=True, slots=True)
+class RetryOutcome:
+    """A pending delivery made due now (``delivery`` itself), or a dead one sent again as a new
+    delivery (``replay``: the one-event replay that made it)."""
+
+    delivery: DeliveryRecord
+    due_now: bool
+    replay: ReplayOutcome | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DiscardOutcome:
+    matched: int
+    per_destination: dict[str, int]
+    dry_run: bool
 
 
 class NoBreakerError(Exception):
     """A circuit was to be reset on a destination configured without a circuit breaker."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayRequest:
-    where: EventFilter
-    destinations: tuple[str, ...]  # empty = the destinations whose filters match today
-    requested_by: str
-    filter_json: str
-    dry_run: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayOutcome:
-    replay_id: int | None
-    state: ReplayState
-    matched: int
-    deliveries: int | None  # None while a background replay is still creating them
-    per_destination: dict[str, int] | None
-    dry_run: bool
-    created: tuple[CreatedDelivery, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,19 +109,24 @@ class Control:
         self.store = store
         self.metrics = metrics
         self.owner = process_owner()
-        self.replays = ReplayJobs(settings, store, metrics, self.owner)
+        self.auditor = Auditor(store)
+        self.replaying = ReplayControl(settings, store, metrics, self.owner, self.auditor)
+        self.replays = self.replaying.jobs
         self._on_fatal = on_fatal
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        paused = await self.store.paused_destinations()
-        for d in self.settings.destinations:
-            self.metrics.paused.labels(d.name).set(1 if d.name in paused else 0)
+        await self.show_paused(self.settings.destinations)
         self._spawn(self.replays.run(), "relay-replays")
         if self.settings.retention.days is not None:
             self._spawn(self._retention_loop(), "relay-retention")
+
+    async def show_paused(self, destinations: Sequence[Any]) -> None:
+        paused = await self.store.paused_destinations()
+        for d in destinations:
+            self.metrics.paused.labels(d.name).set(1 if d.name in paused else 0)
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(work, name=name)
@@ -126,9 +147,7 @@ class Control:
     # -- destinations ------------------------------------------------------------------------
 
     def check_destinations(self, names: Sequence[str]) -> None:
-        for name in names:
-            if self.settings.destination(name) is None:
-                raise UnknownDestinationError(f"unknown destination: {name}")
+        self.replaying.check_destinations(list(names))
 
     async def destinations(self) -> list[DestinationStatus]:
         """Configured destinations in config order, then removed ones that still have deliveries."""
@@ -148,22 +167,29 @@ class Control:
             for name in configured + sorted(set(stats) - set(configured))
         ]
 
-    async def pause(self, name: str) -> int:
+    async def pause(self, name: str, actor: Actor | None = None) -> int:
+        actor = actor or Actor()
         self.check_destinations([name])
         held = await self.store.pause_destination(name)
         self.metrics.paused.labels(name).set(1)
-        log.warning("destination=%s paused; %d pending deliveries held", name, held)
+        log.warning("destination=%s paused by %s; %d pending deliveries held", name, actor.name,
+                    held)  # fmt: skip
+        await self.auditor.record(actor, AuditAction.PAUSE, name, held=held)
         return held
 
-    async def resume(self, name: str) -> int:
+    async def resume(self, name: str, actor: Actor | None = None) -> int:
+        actor = actor or Actor()
         self.check_destinations([name])
         released = await self.store.resume_destination(name)
         self.metrics.paused.labels(name).set(0)
-        log.warning("destination=%s resumed; %d held deliveries due now", name, released)
+        log.warning("destination=%s resumed by %s; %d held deliveries due now", name,
+                    actor.name, released)  # fmt: skip
+        await self.auditor.record(actor, AuditAction.RESUME, name, released=released)
         return released
 
-    async def reset_circuit(self, name: str, operator: str) -> bool:
+    async def reset_circuit(self, name: str, actor: Actor | None = None) -> bool:
         """Close a destination's circuit by hand; whether it was open."""
+        actor = actor or Actor()
         self.check_destinations([name])
         config = self.settings.destination(name)
         if config is None or config.breaker is None:
@@ -171,69 +197,14 @@ class Control:
         change = await self.store.reset_circuit(name)
         self.metrics.circuit_open.labels(name).set(0)
         if change is not None:
-            log.warning("destination=%s circuit closed: %s (%s)", name, change.reason, operator)
+            log.warning("destination=%s circuit closed: %s (%s)", name, change.reason, actor.name)
+        await self.auditor.record(actor, AuditAction.RESET, name, was_open=change is not None)
         return change is not None
 
     # -- replays -----------------------------------------------------------------------------
 
     async def replay(self, request: ReplayRequest) -> ReplayOutcome:
-        """Dry runs and small replays complete here; larger ones become background jobs."""
-        self.check_destinations(request.destinations)
-        # Events that arrive while a replay runs are live traffic, not part of it.
-        # (A `until` of 0 is a time like any other, not "unset".)
-        started = await self.store.now()
-        asked = request.where.until
-        until = min(asked if asked is not None else started, started)
-        where = dataclasses.replace(request.where, until=until, originals_only=True)
-        if request.dry_run:
-            return await self._dry_run(where, request.destinations)
-        total = await self.store.count_events(where)
-        inline = total <= self.replays.inline_limit
-        replay_id = await self.store.start_replay(
-            NewReplay(
-                request.requested_by, request.filter_json, request.destinations, total, where
-            ),
-            # An inline replay is this request's own: no other process may take it meanwhile.
-            owner=self.owner if inline else None,
-            lease=LEASE,
-        )
-        self.metrics.replays.inc()
-        log.info(
-            "replay=%d requested_by=%s matched=%d filter=%s to=%s",
-            replay_id,
-            request.requested_by,
-            total,
-            request.filter_json,
-            ",".join(request.destinations) or "(routing)",
-        )
-        if not inline:
-            return ReplayOutcome(replay_id, ReplayState.RUNNING, total, None, None, False)
-        created: list[CreatedDelivery] = []
-        matched = 0
-
-        async def insert(batch: list[ReplayCandidate], pairs: list[tuple[str, str]]) -> None:
-            nonlocal matched
-            matched += len(batch)
-            created.extend(
-                await self.replays.create(
-                    replay_id, pairs, len(batch), batch[-1].event.seq, self.owner
-                )
-            )
-
-        try:
-            await self.replays.walk(where, request.destinations, insert)
-        except BaseException:
-            await self._give_up(replay_id)
-            raise
-        await self.store.finish_replay(replay_id, ReplayState.DONE)
-        return _finished(replay_id, matched, created)
-
-    async def _give_up(self, replay_id: int) -> None:
-        # Handed to the background jobs, which go on from the last position saved.
-        try:
-            await self.store.release_replay(replay_id, self.owner)
-        except StoreError as exc:
-            log.warning("replay=%d left to its lease: %s", replay_id, exc)
+        return await self.replaying.replay(request)
 
     async def replay_event(
         self,
@@ -242,57 +213,105 @@ class Control:
         requested_by: str,
         *,
         dry_run: bool = False,
+        peer: str | None = None,
     ) -> ReplayOutcome | None:
-        """Send one stored event again (or, dry, say where); None when no such event is stored."""
-        self.check_destinations(destinations)
-        detail = await self.store.get_event(event_id)
-        if detail is None:
-            return None
-        candidate = ReplayCandidate(detail.event, detail.payload, detail.payload_content_type)
-        names = destinations or targets(self.settings, candidate)
-        if dry_run:
-            per = dict.fromkeys(names, 1)
-            return ReplayOutcome(None, ReplayState.DONE, 1, len(per), per, True)
-        filter_json = orjson.dumps({"id": event_id}).decode()
-        replay_id = await self.store.start_replay(
-            NewReplay(requested_by, filter_json, destinations, 1),
-            owner=self.owner,
-            lease=LEASE,
+        return await self.replaying.replay_event(
+            event_id, destinations, Actor(requested_by, peer), dry_run=dry_run
         )
-        self.metrics.replays.inc()
-        try:
-            created = await self.replays.create(
-                replay_id, [(event_id, n) for n in names], 1, detail.event.seq, self.owner
+
+    async def cancel_replay(self, replay_id: int, actor: Actor) -> CancelOutcome:
+        return await self.replaying.cancel(replay_id, actor)
+
+    # -- single deliveries, and waiting ones in bulk -------------------------------------------
+
+    async def _delivery(self, delivery_id: int) -> DeliveryRecord:
+        delivery = await self.store.get_delivery(delivery_id)
+        if delivery is None:
+            raise NotFoundError(f"unknown delivery: {delivery_id}")
+        return delivery
+
+    async def retry(self, delivery_id: int, actor: Actor) -> RetryOutcome:
+        """Send a delivery now: a pending one waiting out its backoff becomes due now; a dead
+        one is sent again as a new delivery of its event to its destination (a one-event replay:
+        the dead one stays in the history, and is resolved once the new one is delivered)."""
+        delivery = await self._delivery(delivery_id)
+        if delivery.state is DeliveryState.PENDING and await self.store.retry_delivery(
+            delivery_id
+        ):
+            log.info("delivery=%d retried now by %s", delivery_id, actor.name)
+            await self.auditor.record(
+                actor, AuditAction.RETRY, str(delivery_id), destination=delivery.destination,
+                due_now=True,
+            )  # fmt: skip
+            return RetryOutcome(await self._delivery(delivery_id), due_now=True)
+        delivery = await self._delivery(delivery_id)  # it may have moved on meanwhile
+        if delivery.state is not DeliveryState.DEAD:
+            raise ConflictError(_cannot_retry(delivery))
+        if delivery.resolved_at is not None:
+            raise ConflictError(
+                f"delivery {delivery_id} is dead but resolved ({delivery.resolved_by}): its"
+                " event got there; replay the event to send it again anyway"
             )
-        except BaseException:
-            await self._give_up(replay_id)
-            raise
-        await self.store.finish_replay(replay_id, ReplayState.DONE)
-        log.info(
-            "replay=%d requested_by=%s event=%s to=%s",
-            replay_id,
-            requested_by,
-            event_id,
-            ",".join(names) or "-",
+        if self.settings.destination(delivery.destination) is None:
+            raise ConflictError(
+                f"delivery {delivery_id} is to {delivery.destination}, which is no longer"
+                " configured"
+            )
+        replay = await self.replaying.replay_event(
+            delivery.event_id, (delivery.destination,), actor, retry_of=delivery_id
         )
-        return _finished(replay_id, 1, created)
+        if replay is None:
+            raise ConflictError(f"the event of delivery {delivery_id} is no longer stored")
+        await self.auditor.record(
+            actor, AuditAction.RETRY, str(delivery_id), destination=delivery.destination,
+            due_now=False, replay=replay.replay_id, deliveries=[c.id for c in replay.created],
+        )  # fmt: skip
+        return RetryOutcome(delivery, due_now=False, replay=replay)
 
-    async def _dry_run(self, where: EventFilter, destinations: tuple[str, ...]) -> ReplayOutcome:
-        per: dict[str, int] = {}
-        matched = 0
+    async def resolve(self, delivery_id: int, actor: Actor, reason: str | None) -> DeliveryRecord:
+        """Mark a dead delivery resolved by hand: no longer a dead letter (not counted, not
+        replayed by "replay the dead letters"), kept in the history with who and why."""
+        if not await self.store.resolve_delivery(delivery_id, actor.name, reason):
+            delivery = await self._delivery(delivery_id)
+            if delivery.state is not DeliveryState.DEAD:
+                raise ConflictError(
+                    f"delivery {delivery_id} is {delivery.state.value}: only dead deliveries"
+                    " are resolved"
+                )
+            raise ConflictError(
+                f"delivery {delivery_id} was already resolved by {delivery.resolved_by}"
+            )
+        log.info("delivery=%d resolved by %s: %s", delivery_id, actor.name, reason or "-")
+        await self.auditor.record(actor, AuditAction.RESOLVE, str(delivery_id), reason=reason)
+        return await self._delivery(delivery_id)
 
-        async def count(batch: list[ReplayCandidate], pairs: list[tuple[str, str]]) -> None:
-            nonlocal matched
-            matched += len(batch)
-            for _, name in pairs:
-                per[name] = per.get(name, 0) + 1
-
-        await self.replays.walk(where, destinations, count)
-        return ReplayOutcome(None, ReplayState.DONE, matched, sum(per.values()), per, True)
+    async def discard(
+        self, where: DeliveryFilter, actor: Actor, *, dry_run: bool, filter_json: str = "{}"
+    ) -> DiscardOutcome:
+        """Drop waiting (pending or paused) deliveries that match, e.g. the rest of a mistaken
+        replay: they are never attempted. One in flight finishes its attempt."""
+        if where.destination is not None:
+            self.check_destinations([where.destination])
+        if dry_run:
+            return DiscardOutcome(await self.store.count_waiting(where), {}, True)
+        per = await self.store.discard(where)
+        total = sum(per.values())
+        log.warning(
+            "discarded %d deliveries (%s) by %s; filter=%s",
+            total,
+            ", ".join(f"{name} {n}" for name, n in sorted(per.items())) or "none",
+            actor.name,
+            filter_json,
+        )
+        await self.auditor.record(
+            actor, AuditAction.DISCARD, where.destination, filter=orjson.loads(filter_json),
+            discarded=per,
+        )  # fmt: skip
+        return DiscardOutcome(total, per, False)
 
     # -- retention ---------------------------------------------------------------------------
 
-    async def prune(self, older_than_days: float) -> PruneResult:
+    async def prune(self, older_than_days: float, actor: Actor | None = None) -> PruneResult:
         result = await self.store.prune(older_than_days * 86400.0)
         if result.deleted_events or result.deleted_requests:
             log.info(
@@ -301,6 +320,11 @@ class Control:
                 result.deleted_requests,
                 older_than_days,
             )
+        if actor is not None:  # the retention loop's own prunes are routine, not actions
+            await self.auditor.record(
+                actor, AuditAction.PRUNE, None, older_than_days=older_than_days,
+                deleted_events=result.deleted_events, deleted_requests=result.deleted_requests,
+            )  # fmt: skip
         return result
 
     async def _retention_loop(self) -> None:
@@ -326,10 +350,12 @@ def _gate(config: DestinationConfig | None, stored: GateState | None) -> GateSta
     return stored or GateState()
 
 
-def _finished(replay_id: int, matched: int, created: list[CreatedDelivery]) -> ReplayOutcome:
-    per: dict[str, int] = {}
-    for c in created:
-        per[c.destination] = per.get(c.destination, 0) + 1
-    return ReplayOutcome(
-        replay_id, ReplayState.DONE, matched, len(created), per, False, tuple(created)
-    )
+def _cannot_retry(delivery: DeliveryRecord) -> str:
+    state = delivery.state
+    why = {
+        DeliveryState.DELIVERING: "is being sent right now",
+        DeliveryState.DELIVERED: "was delivered: replay its event to send it again",
+        DeliveryState.PAUSED: "is held by its paused destination: resume the destination",
+        DeliveryState.DISCARDED: "was discarded: replay its event to send it again",
+    }.get(state, f"is {state.value}")
+    return f"delivery {delivery.id} {why}"

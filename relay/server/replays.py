@@ -21,7 +21,7 @@ from relay.model import CreatedDelivery, EventFilter, ReplayCandidate, ReplayRec
 from relay.obs.metrics import Metrics
 from relay.pipeline.routing import needs_payload, targets
 from relay.store import Store, StoreError
-from relay.store.base import POLL_INTERVAL, Signal, SignalKind
+from relay.store.base import ANY, POLL_INTERVAL, ReplayEndedError, Signal, SignalKind
 
 log = logging.getLogger("relay.control")
 
@@ -40,6 +40,9 @@ ROOM_POLL = 0.05
 LEASE = 30.0
 # Replays one process runs at once (others wait for a free slot, or for another process).
 MAX_RUNNING = 4
+# A running replay's owner looks at its state at least this often, so a cancel made by any
+# process (whose signal may not reach this one) stops it within a second.
+CANCEL_CHECK = 0.5
 
 # Called per walked batch with its events and the (event id, destination) pairs they route to.
 Batch = Callable[[list[ReplayCandidate], list[tuple[str, str]]], Awaitable[None]]
@@ -58,11 +61,17 @@ class ReplayJobs:
         self.feed = FEED
         self._running: dict[int, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        # Running replays a signal says may have been cancelled: checked at once.
+        self._check_now: set[int] = set()
         store.signals.subscribe(self._on_signal)
 
     def _on_signal(self, signal: Signal) -> None:
         if signal.kind is SignalKind.REPLAY:
             self._wake.set()
+            if signal.name == ANY:
+                self._check_now.update(self._running)
+            elif signal.name.isdigit() and int(signal.name) in self._running:
+                self._check_now.add(int(signal.name))
 
     # -- walking -----------------------------------------------------------------------------
 
@@ -150,11 +159,17 @@ class ReplayJobs:
     async def _run_one(self, record: ReplayRecord) -> None:
         if record.cursor is not None:
             log.info("replay=%d resumed after event position %d", record.id, record.cursor)
-        renewed = time.monotonic()
+        renewed = checked = time.monotonic()
 
         async def keep_lease() -> None:
-            nonlocal renewed
-            if time.monotonic() - renewed > LEASE / 3:
+            nonlocal renewed, checked
+            now = time.monotonic()
+            if record.id in self._check_now or now - checked > CANCEL_CHECK:
+                self._check_now.discard(record.id)
+                checked = now
+                if await self.store.replay_state(record.id) is not ReplayState.RUNNING:
+                    raise _LostReplayError
+            if now - renewed > LEASE / 3:
                 if not await self.store.renew_replay(record.id, self.owner, LEASE):
                     raise _LostReplayError
                 renewed = time.monotonic()
@@ -171,8 +186,11 @@ class ReplayJobs:
         try:
             await self.walk(record.where, record.destinations, feed, after=record.cursor)
             state = ReplayState.DONE
-        except _LostReplayError:
-            log.warning("replay=%d was taken over or ended elsewhere; stopping here", record.id)
+        except (_LostReplayError, ReplayEndedError):
+            # Cancelled (any process may), or taken over by another process.
+            now = await self._state_or_none(record.id)
+            log.warning("replay=%d is %s; this process stops feeding it", record.id,
+                        now.value if now is not None else "no longer this process's")  # fmt: skip
             return
         except StoreError as exc:
             # Storage trouble is not the replay's fault: hand it back, and whichever process
@@ -191,6 +209,12 @@ class ReplayJobs:
             log.warning("replay=%d could not be marked %s: %s", record.id, state.value, exc)
             return
         log.info("replay=%d %s", record.id, state.value)
+
+    async def _state_or_none(self, replay_id: int) -> ReplayState | None:
+        try:
+            return await self.store.replay_state(replay_id)
+        except StoreError:
+            return None
 
     def window(self, destination: str) -> int:
         config = self.settings.destination(destination)

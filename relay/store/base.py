@@ -32,20 +32,25 @@ from dataclasses import dataclass
 
 from relay.model import (
     AttemptResult,
+    AuditPage,
     ClaimedDelivery,
     CreatedDelivery,
     Decision,
+    DeliveryFilter,
     DeliveryPage,
+    DeliveryRecord,
     DeliveryState,
     EventDetail,
     EventFilter,
     EventPage,
     IngestResult,
+    NewAudit,
     NewEvent,
     NewReplay,
     PruneResult,
     RawRequest,
     ReplayCandidate,
+    ReplayPage,
     ReplayRecord,
     ReplayState,
 )
@@ -82,9 +87,14 @@ class StoreError(Exception):
     """Storage could not do what was asked (disk full, locked, unreachable): nothing committed."""
 
 
+class ReplayEndedError(StoreError):
+    """The replay is no longer this owner's to feed: cancelled, finished, or taken over."""
+
+
 @dataclass(frozen=True, slots=True)
 class DestinationStats:
-    """Counts of unfinished deliveries for one destination, for metrics and the admin API."""
+    """Counts of unfinished deliveries and dead letters (unresolved dead deliveries) for one
+    destination, for metrics and the admin API."""
 
     destination: str
     pending: int = 0
@@ -253,7 +263,8 @@ class Archive(abc.ABC):
         limit: int,
         before: int | None = None,
     ) -> DeliveryPage:
-        """Deliveries newest first (by id), below delivery id ``before``."""
+        """Deliveries newest first (by id), below delivery id ``before``; ``dead`` means dead
+        letters (dead and unresolved)."""
 
     # -- replays: jobs any process can run ----------------------------------------------------
 
@@ -294,7 +305,23 @@ class Archive(abc.ABC):
 
     @abc.abstractmethod
     async def finish_replay(self, replay_id: int, state: ReplayState) -> None:
-        """Mark a replay done, failed or interrupted, and release it."""
+        """Mark a running replay done, failed or interrupted, and release it (a replay that
+        was cancelled meanwhile stays cancelled)."""
+
+    @abc.abstractmethod
+    async def cancel_replay(self, replay_id: int, by: str) -> bool:
+        """Stop a running replay: it creates no more deliveries (``add_replay_deliveries``
+        with its owner fails from the commit on), and its owner is signalled. False when it was
+        not running. The deliveries it made are left as they are (discarding is its own step).
+        """
+
+    @abc.abstractmethod
+    async def replay_state(self, replay_id: int) -> ReplayState | None:
+        """A replay's state alone (cheap: its owner asks often to notice a cancel)."""
+
+    @abc.abstractmethod
+    async def list_replays(self, limit: int, before: int | None = None) -> ReplayPage:
+        """Replays newest first (by id), below replay id ``before``, without counts."""
 
     @abc.abstractmethod
     async def release_replay(self, replay_id: int, owner: str) -> None:
@@ -308,6 +335,46 @@ class Archive(abc.ABC):
     @abc.abstractmethod
     async def replay_backlog(self, replay_id: int, destination: str) -> int:
         """Deliveries of this replay to ``destination`` still waiting or in flight."""
+
+    # -- one delivery, and waiting ones in bulk -----------------------------------------------
+
+    @abc.abstractmethod
+    async def get_delivery(self, delivery_id: int) -> DeliveryRecord | None:
+        """One delivery (without its attempts); None if unknown."""
+
+    @abc.abstractmethod
+    async def retry_delivery(self, delivery_id: int) -> bool:
+        """Make a pending delivery (waiting out its backoff) due now; False if not pending."""
+
+    @abc.abstractmethod
+    async def resolve_delivery(self, delivery_id: int, by: str, reason: str | None) -> bool:
+        """Resolve a dead delivery by hand; False unless it was dead and unresolved."""
+
+    @abc.abstractmethod
+    async def count_waiting(self, where: DeliveryFilter) -> int:
+        """How many deliveries ``discard(where)`` would take now (its dry run)."""
+
+    @abc.abstractmethod
+    async def discard(self, where: DeliveryFilter, batch: int = 500) -> dict[str, int]:
+        """Mark matching waiting (pending or paused) deliveries discarded, in transactions of
+        ``batch``; how many per destination. One claimed meanwhile is in flight and is left
+        alone. Discarded deliveries are never attempted again."""
+
+    # -- the audit trail ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def record_audit(self, entry: NewAudit) -> int:
+        """Append an operator action to the audit trail, at the store's time; its id."""
+
+    @abc.abstractmethod
+    async def list_audit(
+        self,
+        limit: int,
+        before: int | None = None,
+        action: str | None = None,
+        operator: str | None = None,
+    ) -> AuditPage:
+        """Audit entries newest first (by id), below entry id ``before``."""
 
     # -- pause and retention ------------------------------------------------------------------
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay.model import DeliveryState, EventFilter, encode_ulid
-from relay.store.rows import DELIVERY_COLUMNS, EVENT_COLUMNS
+from relay.model import DeliveryFilter, DeliveryState, EventFilter, encode_ulid
+from relay.store.globs import parse_glob, upper_bound
+from relay.store.rows import DELIVERY_COLUMNS, EVENT_COLUMNS, LISTING_EVENT_COLUMNS
+from relay.store.rules import email_key
 
 # Events are stored within this many seconds of being received (a body read slowly, clocks of
 # several machines a little apart). Time filters bound positions with this slack, so paging in
@@ -20,15 +22,20 @@ RECEIVE_SLACK = 3600.0
 UNFINISHED = "('pending', 'delivering', 'paused')"
 MAX_POSITION = 9223372036854775807
 
+
 @dataclass(frozen=True)
 class Dialect:
-    """How a backend writes the n-th bound parameter."""
+    """How a backend writes the n-th bound parameter, and a glob."""
 
     numbered: bool  # PostgreSQL's $1, $2 ... or SQLite's ?
+    regex_globs: bool  # a PostgreSQL regular expression, or SQLite's GLOB
+    # How dead letters are read: SQLite is told to use their partial index, which without
+    # statistics it would pass over for one that also reads every resolved dead delivery.
+    dead_letter_hint: str = ""
 
 
-SQLITE = Dialect(numbered=False)
-POSTGRES = Dialect(numbered=True)
+SQLITE = Dialect(numbered=False, regex_globs=False, dead_letter_hint=" INDEXED BY deliveries_dead")
+POSTGRES = Dialect(numbered=True, regex_globs=True)
 
 
 @dataclass
@@ -63,13 +70,14 @@ def event_terms(p: Params, where: EventFilter) -> list[str]:
     terms: list[str] = []
     for column, value in (
         ("inbound", where.inbound),
-        ("type", where.type),
         ("source", where.source),
         ("list_id", where.list_id),
-        ("email", where.email),
+        ("email_key", email_key(where.email)),
     ):
         if value is not None:
             terms.append(f"e.{column} = {p.add(value)}")
+    if where.type is not None:
+        terms += type_terms(p, where.type)
     if where.since is not None:
         # Every event received from `since` on comes after the last one received RECEIVE_SLACK
         # before it.
@@ -86,11 +94,45 @@ def event_terms(p: Params, where: EventFilter) -> list[str]:
     if where.state is not None or where.destination is not None:
         sub: list[str] = []
         if where.state is not None:
-            sub.append(f"state = {p.add(where.state.value)}")
+            sub += delivery_state_terms(p, where.state, "")
         if where.destination is not None:
             sub.append(f"destination = {p.add(where.destination)}")
-        terms.append(f"e.id IN (SELECT event_id FROM deliveries WHERE {' AND '.join(sub)})")
+        table = _deliveries(p.dialect, where.state, "")
+        terms.append(f"e.id IN (SELECT event_id FROM {table} WHERE {' AND '.join(sub)})")
     return terms
+
+
+def _deliveries(dialect: Dialect, state: DeliveryState | None, alias: str) -> str:
+    table = f"deliveries {alias}" if alias else "deliveries"
+    return table + dialect.dead_letter_hint if state is DeliveryState.DEAD else table
+
+
+def type_terms(p: Params, pattern: str) -> list[str]:
+    """An event type, or a glob of them (``unsub*``) as destination filters take: its literal
+    prefix bounds an index range, and the glob itself checks what the range holds."""
+    glob = parse_glob(pattern)
+    if glob.never:
+        return ["1 = 0"]
+    if not glob.is_pattern:
+        return [f"e.type = {p.add(glob.literal())}"]
+    terms = []
+    if prefix := glob.prefix:
+        terms.append(f"e.type >= {p.add(prefix)}")
+        if (upper := upper_bound(prefix)) is not None:
+            terms.append(f"e.type < {p.add(upper)}")
+    if p.dialect.regex_globs:
+        terms.append(f"e.type ~ {p.add(glob.postgres_regex())}")
+    else:
+        terms.append(f"e.type GLOB {p.add(glob.sqlite_glob())}")
+    return terms
+
+
+def delivery_state_terms(p: Params, state: DeliveryState, alias: str) -> list[str]:
+    """A delivery in ``state``; for ``dead``, a dead letter: dead and not resolved (spelt
+    as the partial index deliveries_dead is, literally, so the planner can prove it applies)."""
+    if state is DeliveryState.DEAD:
+        return [f"{alias}state = 'dead'", f"{alias}resolved_at IS NULL"]
+    return [f"{alias}state = {p.add(state.value)}"]
 
 
 def _where(terms: list[str]) -> str:
@@ -144,17 +186,46 @@ def deliveries_query(
     """The deliveries-list query: newest first, below the cursor."""
     p = Params(dialect)
     terms: list[str] = []
-    for column, value in (
-        ("d.state", state.value if state is not None else None),
-        ("d.destination", destination),
-    ):
-        if value is not None:
-            terms.append(f"{column} = {p.add(value)}")
+    if state is not None:
+        terms += delivery_state_terms(p, state, "d.")
+    if destination is not None:
+        terms.append(f"d.destination = {p.add(destination)}")
     if before is not None:
         terms.append(f"d.id < {p.add(before)}")
     sql = (
-        f"SELECT {prefixed(DELIVERY_COLUMNS, 'd')}, e.inbound, e.source, e.type, e.email,"
-        f" e.received_at FROM deliveries d JOIN events e ON e.id = d.event_id{_where(terms)}"
+        f"SELECT {prefixed(DELIVERY_COLUMNS, 'd')}, {LISTING_EVENT_COLUMNS}"
+        f" FROM {_deliveries(dialect, state, 'd')} JOIN events e ON e.id = d.event_id"
+        f"{_where(terms)}"
         f" ORDER BY d.id DESC LIMIT {p.add(limit)}"
     )
+    return sql, p.values
+
+
+def waiting_terms(p: Params, where: DeliveryFilter) -> list[str]:
+    """SQL terms (on ``deliveries d``) for the waiting deliveries an operator means."""
+    states = ", ".join(p.add(s.value) for s in where.states)
+    terms = [f"d.state IN ({states})"]
+    if where.destination is not None:
+        terms.append(f"d.destination = {p.add(where.destination)}")
+    if where.replay_id is not None:
+        terms.append(f"d.replay_id = {p.add(where.replay_id)}")
+    if event := event_terms(p, where.event):
+        terms.append(f"d.event_id IN (SELECT e.id FROM events e WHERE {' AND '.join(event)})")
+    return terms
+
+
+def waiting_count_query(dialect: Dialect, where: DeliveryFilter) -> tuple[str, list[Any]]:
+    """How many deliveries a discard would take now (its dry run)."""
+    p = Params(dialect)
+    return f"SELECT count(*) FROM deliveries d{_where(waiting_terms(p, where))}", p.values
+
+
+def waiting_ids_query(
+    dialect: Dialect, where: DeliveryFilter, after: int, limit: int
+) -> tuple[str, list[Any]]:
+    """The next ``limit`` of them by id, above ``after``: a discard takes them a batch at a
+    time, each batch its own short transaction."""
+    p = Params(dialect)
+    terms = [*waiting_terms(p, where), f"d.id > {p.add(after)}"]
+    sql = f"SELECT d.id FROM deliveries d{_where(terms)} ORDER BY d.id LIMIT {p.add(limit)}"
     return sql, p.values

@@ -13,6 +13,11 @@ from relay.model import AttemptResult, Decision, DeliveryState
 ORPHANED = "its event is no longer stored"
 # Unfinished states: a delivery in one keeps its event from being pruned.
 UNFINISHED = (DeliveryState.PENDING, DeliveryState.DELIVERING, DeliveryState.PAUSED)
+# How much of a response's first bytes a delivery keeps in last_error (all of them are kept
+# with the attempt): enough for "HTTP 500: upstream connect error" to say why, on one line.
+ERROR_BODY_CHARS = 200
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def initial_state(destination: str, paused: Collection[str]) -> DeliveryState:
@@ -21,14 +26,47 @@ def initial_state(destination: str, paused: Collection[str]) -> DeliveryState:
 
 
 def recorded_error(result: AttemptResult, decision: Decision) -> str | None:
-    """What a delivery keeps as its last error after an attempt: None once delivered."""
+    """What a delivery keeps as its last error after an attempt: what that attempt got.
+
+    None once delivered. Not the reason it was given up ("gave up after 10 attempts" says
+    nothing about the destination): that is ``dead_reason``.
+
+    >>> from relay.model import AttemptOutcome as O
+    >>> dead = Decision(DeliveryState.DEAD, reason="gave up after 3 attempts")
+    >>> recorded_error(AttemptResult(O.SERVER_ERROR, 0.0, 0.1, 500,
+    ...                              response_head=b"upstream\\r\\nconnect error"), dead)
+    'HTTP 500: upstream connect error'
+    >>> recorded_error(AttemptResult(O.CONNECTION_ERROR, 0.0, 0.1,
+    ...                              error="cannot connect: Connection refused"), dead)
+    'cannot connect: Connection refused'
+    """
     if decision.state is DeliveryState.DELIVERED:
         return None
-    if decision.reason:
-        return decision.reason
     if result.error:
         return result.error
-    return f"HTTP {result.status}" if result.status is not None else None
+    if result.status is None:
+        return decision.reason
+    text = " ".join(result.response_head.decode("utf-8", "replace").split())
+    if len(text) > ERROR_BODY_CHARS:
+        text = text[:ERROR_BODY_CHARS] + "..."
+    return f"HTTP {result.status}: {text}" if text else f"HTTP {result.status}"
+
+
+def dead_reason(decision: Decision) -> str | None:
+    """Why a delivery was given up, kept beside its last error; None unless it is dead."""
+    return decision.reason if decision.state is DeliveryState.DEAD else None
+
+
+def resolver(delivery_id: int) -> str:
+    """``resolved_by`` of the dead deliveries a delivered one resolves (its event arrived)."""
+    return f"delivery {delivery_id}"
+
+
+def email_key(email: str | None) -> str | None:
+    """What an email is found by: ASCII letters lower-cased (``Ann@Example.COM`` is
+    ``ann@example.com``). ASCII only, as SQLite's and the migrations' lower() are, so every
+    backend and every row, old or new, agree."""
+    return email.translate(_ASCII_LOWER) if email is not None else None
 
 
 def is_duplicate(first_seen: float | None, now: float, window: float) -> bool:

@@ -188,10 +188,10 @@ async def test_a_retry_waits_until_its_time(store: Store) -> None:
     event_id = await ingest_one(store, "crm")
     (claimed,) = await store.claim("crm", 10, LEASE)
     when = await store.now() + 60
-    assert await store.complete(claimed, attempt(503), retry_at(when))
+    assert await store.complete(claimed, attempt(503, response_head=b"busy"), retry_at(when))
     d = await delivery_of(store, event_id)
-    assert (d.state, d.attempts, d.last_status, d.last_error) == (
-        DeliveryState.PENDING, 1, 503, "HTTP 503",
+    assert (d.state, d.attempts, d.last_status, d.last_error, d.dead_reason) == (
+        DeliveryState.PENDING, 1, 503, "HTTP 503: busy", None,
     )  # fmt: skip
     assert d.next_attempt_at == pytest.approx(when, abs=0.5)
     assert await store.claim("crm", 10, LEASE) == []
@@ -200,28 +200,35 @@ async def test_a_retry_waits_until_its_time(store: Store) -> None:
     assert 58 < due_in <= 60
 
 
-async def test_a_delivery_keeps_the_error_the_rules_choose(store: Store) -> None:
+async def test_a_delivery_keeps_the_error_that_killed_it_and_why_it_was_given_up(
+    store: Store,
+) -> None:
     dead = DeliveryState.DEAD
+    gave_up = "gave up after 5 attempts"
+    # (attempt, decision, last_error, dead_reason)
     cases = [
-        (
-            attempt(500),
-            Decision(dead, reason="gave up after 5 attempts"),
-            "gave up after 5 attempts",
-        ),
-        (attempt(410), Decision(dead), "HTTP 410"),
-        (attempt(None, error="connection refused"), Decision(dead), "connection refused"),
-        (attempt(None, outcome=AttemptOutcome.TIMEOUT), Decision(dead), None),
-        (attempt(None, error="timed out after 2s"), Decision(dead, reason="too old"), "too old"),
-        (attempt(502, error="bad gateway"), retry_at(0.0), "bad gateway"),
-        (attempt(200), DELIVERED, None),
-    ]
+        (attempt(500, response_head=b"upstream\r\nconnect error"), Decision(dead, reason=gave_up),
+         "HTTP 500: upstream connect error", gave_up),
+        (attempt(500, response_head=b"x" * 300), Decision(dead, reason=gave_up),
+         "HTTP 500: " + "x" * 200 + "...", gave_up),
+        (attempt(410, response_head=b""), Decision(dead, reason="permanent failure: HTTP 410"),
+         "HTTP 410", "permanent failure: HTTP 410"),
+        (attempt(None, error="connection refused"), Decision(dead), "connection refused", None),
+        (attempt(None, outcome=AttemptOutcome.TIMEOUT), Decision(dead), None, None),
+        (attempt(None, error="timed out after 2s"), Decision(dead, reason="too old"),
+         "timed out after 2s", "too old"),
+        (attempt(502, error="bad gateway"), retry_at(0.0), "bad gateway", None),
+        (attempt(200), DELIVERED, None, None),
+    ]  # fmt: skip
     made = [await ingest_one(store, "crm") for _ in cases]
     claimed = {c.event_id: c for c in await claim_all(store, "crm")}
-    for event_id, (result, decision, error) in zip(made, cases, strict=True):
+    for event_id, (result, decision, error, reason) in zip(made, cases, strict=True):
         assert error == recorded_error(result, decision)  # the rule, applied by every backend
         assert await store.complete(claimed[event_id], result, decision)
         d = await delivery_of(store, event_id)
-        assert (d.state, d.last_status, d.last_error) == (decision.state, result.status, error)
+        assert (d.state, d.last_status, d.last_error, d.dead_reason) == (
+            decision.state, result.status, error, reason,
+        )  # fmt: skip
 
 
 async def test_an_attempt_that_outlived_its_lease_is_recorded_but_decides_nothing(

@@ -16,7 +16,7 @@ from relay.model import EventFilter
 from relay.server.admin_json import BadRequestError, filter_json, parse_filter, parse_names
 from relay.server.console.deps import Auth, ConsoleDeps
 from relay.server.console.render import redirect
-from relay.server.control import ReplayRequest
+from relay.server.control import Actor, ReplayRequest
 
 log = logging.getLogger("relay.console")
 
@@ -32,7 +32,9 @@ class Actions:
         event_id = request.match_info["id"]
         form = await request.post()
         to = parse_names([str(v) for v in form.getall("to", [])] or None)
-        outcome = await self.deps.control.replay_event(event_id, to, auth.operator)
+        outcome = await self.deps.control.replay_event(
+            event_id, to, auth.operator, peer=request.remote
+        )
         if outcome is None:
             raise web.HTTPNotFound()
         log.info(
@@ -50,7 +52,7 @@ class Actions:
             raise BadRequestError("a bulk replay needs at least one filter")
         to = parse_names([str(v) for v in form.getall("to", [])] or None)
         outcome = await self.deps.control.replay(
-            ReplayRequest(where, to, auth.operator, filter_json(where))
+            ReplayRequest(where, to, auth.operator, filter_json(where), peer=request.remote)
         )
         log.info(
             "console: %s started replay=%s matched=%d",
@@ -62,19 +64,19 @@ class Actions:
 
     async def pause(self, request: web.Request, auth: Auth) -> web.Response:
         name = request.match_info["name"]
-        held = await self.deps.control.pause(name)
+        held = await self.deps.control.pause(name, Actor(auth.operator, request.remote))
         log.info("console: %s paused destination=%s", auth.operator, name)
         return redirect("/console?" + urlencode({"done": "pause", "name": name, "n": held}))
 
     async def resume(self, request: web.Request, auth: Auth) -> web.Response:
         name = request.match_info["name"]
-        released = await self.deps.control.resume(name)
+        released = await self.deps.control.resume(name, Actor(auth.operator, request.remote))
         log.info("console: %s resumed destination=%s", auth.operator, name)
         return redirect("/console?" + urlencode({"done": "resume", "name": name, "n": released}))
 
     async def reset(self, request: web.Request, auth: Auth) -> web.Response:
         name = request.match_info["name"]
-        was_open = await self.deps.control.reset_circuit(name, auth.operator)
+        was_open = await self.deps.control.reset_circuit(name, Actor(auth.operator, request.remote))
         log.info("console: %s reset the circuit of destination=%s", auth.operator, name)
         query = urlencode({"done": "reset", "name": name, "n": int(was_open)})
         return redirect(f"/console?{query}")

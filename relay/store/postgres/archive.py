@@ -14,7 +14,6 @@ import orjson
 
 from relay.model import (
     CreatedDelivery,
-    DeliveryListing,
     DeliveryPage,
     DeliveryState,
     EventFilter,
@@ -25,8 +24,8 @@ from relay.model import (
     ReplayRecord,
     ReplayState,
 )
-from relay.store.base import Signal, SignalKind, Signals, StoreError
-from relay.store.codec import filter_from_json, filter_to_json
+from relay.store.base import ReplayEndedError, Signal, SignalKind, Signals, StoreError
+from relay.store.codec import filter_to_json
 from relay.store.filters import (
     POSTGRES,
     RECEIVE_SLACK,
@@ -39,18 +38,8 @@ from relay.store.gate import CircuitChange, CircuitEvent, GateState, row_of, sta
 from relay.store.gate import reset as reset_gate
 from relay.store.postgres.connect import STORE_ERRORS, store_error
 from relay.store.postgres.writer import CHANNEL, Q
-from relay.store.rows import delivery_record, event_record
+from relay.store.rows import event_record, listing_record, replay_record
 from relay.store.rules import initial_state
-
-
-def _replay(r: Sequence[Any], counts: Sequence[Sequence[Any]] = ()) -> ReplayRecord:
-    return ReplayRecord(
-        id=r[0], requested_by=r[1], requested_at=r[2], filter=r[3],
-        destinations=tuple(orjson.loads(r[4])), total=r[5], matched=r[6], created=r[7],
-        state=ReplayState(r[8]), finished_at=r[9],
-        per_destination=tuple((str(c[0]), int(c[1])) for c in counts),
-        where=filter_from_json(r[10]), cursor=r[11],
-    )  # fmt: skip
 
 
 class PostgresArchive:
@@ -103,17 +92,7 @@ class PostgresArchive:
     ) -> DeliveryPage:
         sql, params = deliveries_query(POSTGRES, state, destination, limit + 1, before)
         rows = await self._fetch(sql, *params)
-        listed = tuple(
-            DeliveryListing(
-                delivery=delivery_record(r[:12]),
-                inbound=r[12],
-                source=r[13],
-                type=r[14],
-                email=r[15],
-                received_at=r[16],
-            )
-            for r in rows[:limit]
-        )
+        listed = tuple(listing_record(r) for r in rows[:limit])
         more = len(rows) > limit
         return DeliveryPage(listed, listed[-1].delivery.id if more and listed else None)
 
@@ -121,7 +100,7 @@ class PostgresArchive:
         rows = await self._fetch(Q["replay"], replay_id)
         if not rows:
             return None
-        return _replay(rows[0], await self._fetch(Q["replay_counts"], replay_id))
+        return replay_record(rows[0], await self._fetch(Q["replay_counts"], replay_id))
 
     async def replay_backlog(self, replay_id: int, destination: str) -> int:
         rows = await self._fetch(Q["replay_backlog"], replay_id, destination)
@@ -152,7 +131,7 @@ class PostgresArchive:
 
     async def claim_replay(self, owner: str, lease: float) -> ReplayRecord | None:
         rows = await self._fetch(Q["claim_replay"], owner, lease)
-        return _replay(rows[0]) if rows else None
+        return replay_record(rows[0]) if rows else None
 
     async def renew_replay(self, replay_id: int, owner: str, lease: float) -> bool:
         return bool(await self._fetch(Q["renew_replay"], replay_id, owner, lease))
@@ -168,7 +147,7 @@ class PostgresArchive:
         names = sorted({name for _, name in pairs})
         async with self._transaction() as conn:
             if owner is not None and not await conn.fetchval(Q["own_replay"], replay_id, owner):
-                raise StoreError(f"replay {replay_id} is no longer run by this process")
+                raise ReplayEndedError(f"replay {replay_id} is no longer run by this process")
             paused: frozenset[str] = frozenset()
             if names:
                 await conn.execute(Q["ensure_destinations"], names)

@@ -45,7 +45,7 @@ _ARRAY = {
 }
 # Keys PostgreSQL generates for the rows relay makes: identity columns (which take a copied value
 # only with OVERRIDING SYSTEM VALUE) and the events position sequence.
-_IDENTITY = {"replays", "deliveries", "attempts"}
+_IDENTITY = {"replays", "deliveries", "attempts", "audit"}
 _SEQUENCE = {
     "events": "'events_seq'::regclass",
     **{name: f"pg_get_serial_sequence('{name}', 'id')::regclass" for name in _IDENTITY},

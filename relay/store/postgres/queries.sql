@@ -46,10 +46,11 @@ SELECT setval('events_seq', nextval('events_seq') + $1 - 1) - $1 + 1;
 
 -- name: insert_events
 INSERT INTO events (id, request_id, inbound, source, type, received_at, fired_at, list_id, email,
-                    parse_error, dedup_key, duplicate_of, payload, payload_content_type, seq)
+                    parse_error, dedup_key, duplicate_of, payload, payload_content_type, seq,
+                    email_key)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::float8[],
                      $7::float8[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-                     $13::bytea[], $14::text[], $15::int8[]);
+                     $13::bytea[], $14::text[], $15::int8[], $16::text[]);
 
 -- name: insert_deliveries
 INSERT INTO deliveries (event_id, destination, state, next_attempt_at, created_at, updated_at)
@@ -66,15 +67,27 @@ SELECT * FROM unnest($1::int8[], $2::int4[], $3::float8[], $4::float8[], $5::tex
                      $7::text[], $8::bytea[]);
 
 -- name: complete
--- Only while the delivery still holds this attempt's lease (attempts is the fencing token).
-UPDATE deliveries d
-   SET state = u.state, next_attempt_at = u.next_attempt_at, updated_at = u.finished,
-       delivered_at = CASE WHEN u.state = 'delivered' THEN u.finished END,
-       last_status = u.status, last_error = u.error
-  FROM unnest($1::int8[], $2::int4[], $3::text[], $4::float8[], $5::float8[], $6::int4[],
-              $7::text[]) AS u(id, attempt, state, next_attempt_at, finished, status, error)
- WHERE d.id = u.id AND d.attempts = u.attempt AND d.state = 'delivering'
-RETURNING d.id;
+-- Only while the delivery still holds this attempt's lease (attempts is the fencing token). A
+-- delivered one resolves the dead letters of its event to its destination in the same
+-- statement, so in the same transaction: "replay the dead letters" never sees them again.
+-- ($9: each delivery's name as resolved_by.)
+WITH done AS (
+    UPDATE deliveries d
+       SET state = u.state, next_attempt_at = u.next_attempt_at, updated_at = u.finished,
+           delivered_at = CASE WHEN u.state = 'delivered' THEN u.finished END,
+           last_status = u.status, last_error = u.error, dead_reason = u.reason
+      FROM unnest($1::int8[], $2::int4[], $3::text[], $4::float8[], $5::float8[], $6::int4[],
+                  $7::text[], $8::text[], $9::text[])
+           AS u(id, attempt, state, next_attempt_at, finished, status, error, reason, resolver)
+     WHERE d.id = u.id AND d.attempts = u.attempt AND d.state = 'delivering'
+    RETURNING d.id, d.event_id, d.destination, d.state, u.finished, u.resolver
+), resolved AS (
+    UPDATE deliveries x SET resolved_at = done.finished, resolved_by = done.resolver
+      FROM done
+     WHERE done.state = 'delivered' AND x.destination = done.destination
+       AND x.event_id = done.event_id AND x.state = 'dead' AND x.resolved_at IS NULL
+)
+SELECT id FROM done;
 
 -- name: heartbeat
 INSERT INTO meta (key, value) VALUES ('heartbeat:' || $1, relay_now()::text)
@@ -108,7 +121,7 @@ SELECT c.id, c.event_id, c.destination, c.attempts, c.replay_id IS NOT NULL,
 
 -- name: orphaned
 UPDATE deliveries SET state = 'dead', next_attempt_at = NULL, updated_at = relay_now(),
-       last_error = $2
+       last_error = $2, dead_reason = $2
  WHERE id = ANY($1::int8[]);
 
 -- name: due_in
@@ -117,8 +130,12 @@ SELECT min(next_attempt_at) - relay_now() FROM deliveries
    AND NOT EXISTS (SELECT 1 FROM destination_state s WHERE s.name = $1 AND s.paused);
 
 -- name: stats
+-- Dead letters are the unresolved dead deliveries, counted from their own partial index.
 SELECT state, destination, count(*) FROM deliveries
- WHERE state IN ('pending', 'delivering', 'paused', 'dead') GROUP BY state, destination;
+ WHERE state IN ('pending', 'delivering', 'paused') GROUP BY state, destination
+UNION ALL
+SELECT 'dead', destination, count(*) FROM deliveries
+ WHERE state = 'dead' AND resolved_at IS NULL GROUP BY destination;
 
 -- name: oldest_pending
 SELECT created_at FROM deliveries WHERE state = 'pending' AND destination = $1
@@ -135,7 +152,8 @@ SELECT id, inbound, method, path, query, headers, body, content_type, peer, rece
 
 -- name: event_deliveries
 SELECT id, event_id, destination, state, attempts, next_attempt_at, created_at, updated_at,
-       delivered_at, last_status, last_error, replay_id
+       delivered_at, last_status, last_error, replay_id, dead_reason, resolved_at, resolved_by,
+       resolve_reason
   FROM deliveries WHERE event_id = $1 ORDER BY id;
 
 -- name: delivery_attempts
@@ -180,7 +198,7 @@ UPDATE replays r SET owner = $1, lease_until = relay_now() + $2
          ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) AS free
  WHERE r.id = free.id
 RETURNING r.id, r.requested_by, r.requested_at, r.filter, r.destinations, r.total, r.matched,
-          r.created, r.state, r.finished_at, r.spec, r.cursor;
+          r.created, r.state, r.finished_at, r.spec, r.cursor, r.cancelled_by;
 
 -- name: renew_replay
 UPDATE replays SET lease_until = relay_now() + $3
@@ -210,20 +228,21 @@ UPDATE replays SET matched = matched + $2, created = created + $3,
  WHERE id = $1;
 
 -- name: finish_replay
+-- Only a running one: a replay cancelled meanwhile stays cancelled.
 UPDATE replays SET state = $2, finished_at = relay_now(), owner = NULL, lease_until = NULL
- WHERE id = $1;
+ WHERE id = $1 AND state = 'running';
 
 -- name: release_replay
 UPDATE replays SET owner = NULL, lease_until = NULL WHERE id = $1 AND owner = $2;
 
 -- name: replay
 SELECT id, requested_by, requested_at, filter, destinations, total, matched, created, state,
-       finished_at, spec, cursor
+       finished_at, spec, cursor, cancelled_by
   FROM replays WHERE id = $1;
 
 -- name: replay_counts
-SELECT destination, count(*) FROM deliveries WHERE replay_id = $1
- GROUP BY destination ORDER BY destination;
+SELECT destination, state, count(*) FROM deliveries WHERE replay_id = $1
+ GROUP BY destination, state ORDER BY destination, state;
 
 -- name: replay_backlog
 SELECT count(*) FROM deliveries WHERE replay_id = $1 AND destination = $2
@@ -316,7 +335,7 @@ SELECT name, tokens, tokens_at, failures, opened_at, open_reason, probe_interval
 -- Claimed through a gate but past max_age: dead without an attempt (the claim's count is
 -- taken back).
 UPDATE deliveries SET state = 'dead', attempts = attempts - 1, next_attempt_at = NULL,
-       updated_at = relay_now(), last_error = $2
+       updated_at = relay_now(), last_error = $2, dead_reason = $2
  WHERE id = ANY($1::int8[]);
 
 -- name: hold_attempts
@@ -325,3 +344,52 @@ UPDATE deliveries SET state = 'dead', attempts = attempts - 1, next_attempt_at =
 UPDATE deliveries d SET held_attempts = d.held_attempts + 1
   FROM unnest($1::int8[], $2::int4[]) AS u(id, attempt)
  WHERE d.id = u.id AND d.attempts = u.attempt;
+
+-- name: delivery
+SELECT id, event_id, destination, state, attempts, next_attempt_at, created_at, updated_at,
+       delivered_at, last_status, last_error, replay_id, dead_reason, resolved_at, resolved_by,
+       resolve_reason
+  FROM deliveries WHERE id = $1;
+
+-- name: retry_delivery
+-- Due now (never later than it was), by whichever process claims it first.
+UPDATE deliveries SET next_attempt_at = least(next_attempt_at, relay_now()),
+       updated_at = relay_now()
+ WHERE id = $1 AND state = 'pending'
+RETURNING destination;
+
+-- name: resolve_delivery
+UPDATE deliveries SET resolved_at = relay_now(), resolved_by = $2, resolve_reason = $3
+ WHERE id = $1 AND state = 'dead' AND resolved_at IS NULL
+RETURNING id;
+
+-- name: discard_ids
+-- The states again: a delivery claimed since it was selected is in flight and keeps going.
+UPDATE deliveries SET state = 'discarded', next_attempt_at = NULL, updated_at = relay_now()
+ WHERE id = ANY($1::int8[]) AND state = ANY($2::text[])
+RETURNING destination;
+
+-- name: replay_state
+SELECT state FROM replays WHERE id = $1;
+
+-- name: list_replays
+SELECT id, requested_by, requested_at, filter, destinations, total, matched, created, state,
+       finished_at, spec, cursor, cancelled_by
+  FROM replays WHERE id < $1 ORDER BY id DESC LIMIT $2;
+
+-- name: cancel_replay
+UPDATE replays SET state = 'cancelled', finished_at = relay_now(), cancelled_by = $2,
+       owner = NULL, lease_until = NULL
+ WHERE id = $1 AND state = 'running'
+RETURNING id;
+
+-- name: record_audit
+INSERT INTO audit (at, operator, action, target, detail, peer)
+VALUES (relay_now(), $1, $2, $3, $4, $5)
+RETURNING id;
+
+-- name: list_audit
+-- Unset filters ($3, $4 null) match everything.
+SELECT id, at, operator, action, target, detail, peer FROM audit
+ WHERE id < $1 AND ($3::text IS NULL OR action = $3) AND ($4::text IS NULL OR operator = $4)
+ ORDER BY id DESC LIMIT $2;

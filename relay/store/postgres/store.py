@@ -41,6 +41,7 @@ from relay.store.postgres.connect import (
     connect_kwargs,
     store_error,
 )
+from relay.store.postgres.control import PostgresControl
 from relay.store.postgres.listener import Listener
 from relay.store.postgres.migrate import migrate
 from relay.store.postgres.writer import CHANNEL, FULL, CompleteOp, IngestOp, PingOp, Q, Writer
@@ -54,7 +55,7 @@ log = logging.getLogger("relay.store")
 SIZE_CHECK = 5.0
 
 
-class PostgresStore(PostgresArchive, Store):
+class PostgresStore(PostgresArchive, PostgresControl, Store):
     def __init__(self, config: StorageConfig, dedup_window: float = 86400.0) -> None:
         super().__init__()
         self.config = config

@@ -33,7 +33,7 @@ from relay.store.base import StoreError
 from relay.store.gate import Gate
 from relay.store.postgres import gates
 from relay.store.postgres.connect import CONNECTION_ERRORS, clean_text, lock_key, store_error
-from relay.store.rules import initial_state, recorded_error
+from relay.store.rules import dead_reason, email_key, initial_state, recorded_error, resolver
 from relay.store.sqlfile import load_queries
 
 log = logging.getLogger("relay.store")
@@ -296,7 +296,7 @@ class Writer:
                     (event_id, op.request.id, e.inbound, e.source, clean_text(e.type),
                      e.received_at, e.fired_at, clean_text(e.list_id), clean_text(e.email),
                      clean_text(e.parse_error), clean_text(e.dedup_key), duplicate_of, e.payload,
-                     e.payload_content_type)
+                     e.payload_content_type, clean_text(email_key(e.email)))
                 )  # fmt: skip
                 for name in () if duplicate_of is not None else e.destinations:
                     state = initial_state(name, paused)
@@ -308,8 +308,8 @@ class Writer:
             # taken in commit order.
             await conn.execute(Q["lock_positions"], POSITIONS_LOCK)
             first = int(await conn.fetchval(Q["take_positions"], len(events)))
-            rows = [(*row, first + n) for n, row in enumerate(events)]
-            await conn.execute(Q["insert_events"], *_columns(rows, 15))
+            rows = [(*row[:14], first + n, row[14]) for n, row in enumerate(events)]
+            await conn.execute(Q["insert_events"], *_columns(rows, 16))
         if deliveries:
             await conn.execute(Q["insert_deliveries"], *_columns(deliveries, 3))
         self._known_destinations.update(names)
@@ -361,9 +361,10 @@ async def _write_completes(
         )  # fmt: skip
         updates.append(
             (d.id, d.attempt, dec.state.value, dec.next_attempt_at, r.started_at + r.duration,
-             r.status, clean_text(recorded_error(r, dec)))
+             r.status, clean_text(recorded_error(r, dec)), clean_text(dead_reason(dec)),
+             resolver(d.id))
         )  # fmt: skip
-    held = {int(r[0]) for r in await conn.fetch(Q["complete"], *_columns(updates, 7))}
+    held = {int(r[0]) for r in await conn.fetch(Q["complete"], *_columns(updates, 9))}
     await conn.execute(Q["insert_attempts"], *_columns(attempts, 8))
     if gated:
         uncharged = [ops[i].delivery for i, c in gated.items() if not c.charged]

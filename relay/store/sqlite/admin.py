@@ -15,7 +15,6 @@ import orjson
 
 from relay.model import (
     CreatedDelivery,
-    DeliveryListing,
     DeliveryPage,
     DeliveryState,
     EventFilter,
@@ -26,8 +25,8 @@ from relay.model import (
     ReplayRecord,
     ReplayState,
 )
-from relay.store.base import Signal, SignalKind, Signals, StoreError
-from relay.store.codec import filter_from_json, filter_to_json
+from relay.store.base import ReplayEndedError, Signal, SignalKind, Signals
+from relay.store.codec import filter_to_json
 from relay.store.filters import (
     RECEIVE_SLACK,
     SQLITE,
@@ -38,24 +37,9 @@ from relay.store.filters import (
     events_query,
     id_bound,
 )
-from relay.store.rows import delivery_record, event_record
+from relay.store.rows import REPLAY_COLUMNS, event_record, listing_record, replay_record
 from relay.store.rules import initial_state
 from relay.store.sqlite.writer import PAUSED, clock
-
-_REPLAY_COLUMNS = (
-    "id, requested_by, requested_at, filter, destinations, total, matched, created, state,"
-    " finished_at, spec, cursor"
-)
-
-
-def _replay(r: Sequence[Any], counts: Sequence[Sequence[Any]] = ()) -> ReplayRecord:
-    return ReplayRecord(
-        id=r[0], requested_by=r[1], requested_at=r[2], filter=r[3],
-        destinations=tuple(orjson.loads(r[4])), total=r[5], matched=r[6], created=r[7],
-        state=ReplayState(r[8]), finished_at=r[9],
-        per_destination=tuple((str(c[0]), int(c[1])) for c in counts),
-        where=filter_from_json(r[10]), cursor=r[11],
-    )  # fmt: skip
 
 
 class SqliteAdminMixin:
@@ -107,30 +91,20 @@ class SqliteAdminMixin:
     ) -> DeliveryPage:
         sql, params = deliveries_query(SQLITE, state, destination, limit + 1, before)
         rows = await self._read(sql, params)
-        listed = tuple(
-            DeliveryListing(
-                delivery=delivery_record(r[:12]),
-                inbound=r[12],
-                source=r[13],
-                type=r[14],
-                email=r[15],
-                received_at=r[16],
-            )
-            for r in rows[:limit]
-        )
+        listed = tuple(listing_record(r) for r in rows[:limit])
         more = len(rows) > limit
         return DeliveryPage(listed, listed[-1].delivery.id if more and listed else None)
 
     async def get_replay(self, replay_id: int) -> ReplayRecord | None:
-        rows = await self._read(f"SELECT {_REPLAY_COLUMNS} FROM replays WHERE id = ?", [replay_id])
+        rows = await self._read(f"SELECT {REPLAY_COLUMNS} FROM replays WHERE id = ?", [replay_id])
         if not rows:
             return None
         counts = await self._read(
-            "SELECT destination, count(*) FROM deliveries WHERE replay_id = ?"
-            " GROUP BY destination ORDER BY destination",
+            "SELECT destination, state, count(*) FROM deliveries WHERE replay_id = ?"
+            " GROUP BY destination, state ORDER BY destination, state",
             [replay_id],
         )
-        return _replay(rows[0], counts)
+        return replay_record(rows[0], counts)
 
     async def replay_backlog(self, replay_id: int, destination: str) -> int:
         rows = await self._read(
@@ -176,10 +150,10 @@ class SqliteAdminMixin:
             row = conn.execute(
                 f"UPDATE replays SET owner = ?, lease_until = ? WHERE id = (SELECT id FROM"
                 f" replays WHERE state = 'running' AND (lease_until IS NULL OR lease_until < ?)"
-                f" ORDER BY id LIMIT 1) RETURNING {_REPLAY_COLUMNS}",
+                f" ORDER BY id LIMIT 1) RETURNING {REPLAY_COLUMNS}",
                 (owner, now + lease, now),
             ).fetchone()
-            return _replay(row) if row is not None else None
+            return replay_record(row) if row is not None else None
 
         record: ReplayRecord | None = await self.call(take)
         return record
@@ -209,7 +183,7 @@ class SqliteAdminMixin:
                 "SELECT 1 FROM replays WHERE id = ? AND owner = ? AND state = 'running'",
                 (replay_id, owner),
             ).fetchone():
-                raise StoreError(f"replay {replay_id} is no longer run by this process")
+                raise ReplayEndedError(f"replay {replay_id} is no longer run by this process")
             now = clock()
             paused = frozenset(str(r[0]) for r in conn.execute(PAUSED))
             rows = [
@@ -249,7 +223,7 @@ class SqliteAdminMixin:
         def update(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE replays SET state = ?, finished_at = ?, owner = NULL, lease_until = NULL"
-                " WHERE id = ?",
+                " WHERE id = ? AND state = 'running'",
                 (state.value, clock(), replay_id),
             )
 

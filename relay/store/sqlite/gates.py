@@ -35,7 +35,7 @@ _PAUSED = "SELECT 1 FROM destination_state WHERE name = ? AND paused = 1"
 # Claimed, but past max_age: dead without an attempt (the claim's count is taken back).
 _EXPIRE = (
     "UPDATE deliveries SET state = 'dead', attempts = attempts - 1, next_attempt_at = NULL,"
-    " updated_at = ?, last_error = ? WHERE id = ?"
+    " updated_at = ?, last_error = ?, dead_reason = ? WHERE id = ?"
 )
 _HOLD_ATTEMPT = (
     "UPDATE deliveries SET held_attempts = held_attempts + 1 WHERE id = ? AND attempts = ?"
@@ -89,7 +89,7 @@ def _live(
         if stale:
             assert gate.max_age is not None
             reason = expired_reason(gate.max_age)
-            conn.executemany(_EXPIRE, [(now, reason, d.id) for d in stale])
+            conn.executemany(_EXPIRE, [(now, reason, reason, d.id) for d in stale])
             aged_out += len(stale)
         if not stale or len(live) >= grant:
             break

@@ -57,6 +57,7 @@ from relay.store.rows import (
 )
 from relay.store.sqlite import gates
 from relay.store.sqlite.admin import SqliteAdminMixin
+from relay.store.sqlite.control import SqliteControlMixin
 from relay.store.sqlite.migrate import migrate
 from relay.store.sqlite.writer import (
     CallOp,
@@ -81,9 +82,13 @@ _NEXT_DUE = (
     " WHERE destination = ? AND state IN ('pending', 'delivering')"
     " AND NOT EXISTS (SELECT 1 FROM destination_state WHERE name = ? AND paused = 1)"
 )
+# Dead letters are the unresolved dead deliveries, counted from their own partial index (named:
+# without statistics SQLite would rather read every dead delivery, resolved ones too).
 _STATS = (
     "SELECT state, destination, count(*) FROM deliveries"
-    " WHERE state IN ('pending', 'delivering', 'paused', 'dead') GROUP BY state, destination"
+    " WHERE state IN ('pending', 'delivering', 'paused') GROUP BY state, destination"
+    " UNION ALL SELECT 'dead', destination, count(*) FROM deliveries INDEXED BY deliveries_dead"
+    " WHERE state = 'dead' AND resolved_at IS NULL GROUP BY destination"
 )
 _OLDEST_PENDING = (
     "SELECT created_at FROM deliveries WHERE state = 'pending' AND destination = ?"
@@ -110,7 +115,7 @@ def _is_locked(exc: BaseException) -> bool:
     )
 
 
-class SqliteStore(SqliteAdminMixin, Store):
+class SqliteStore(SqliteAdminMixin, SqliteControlMixin, Store):
     """SQLite backend. One writer connection on its own thread, one aiosqlite reader."""
 
     def __init__(self, config: StorageConfig, dedup_window: float = 86400.0) -> None:
@@ -234,6 +239,11 @@ class SqliteStore(SqliteAdminMixin, Store):
             if len(ops) > 1 and not _is_locked(exc):
                 for op in ops:
                     await self._run_isolated([op])
+                return
+            if isinstance(exc, StoreError):  # an operation's own refusal, rolled back
+                for op in ops:
+                    if not op.future.done():
+                        op.future.set_exception(exc)
                 return
             if isinstance(exc, sqlite3.Error):
                 log.error("storage write failed: %s", exc)

@@ -26,7 +26,15 @@ from relay.model import (
     RawRequest,
 )
 from relay.store.gate import Gate
-from relay.store.rules import ORPHANED, initial_state, is_duplicate, recorded_error
+from relay.store.rules import (
+    ORPHANED,
+    dead_reason,
+    email_key,
+    initial_state,
+    is_duplicate,
+    recorded_error,
+    resolver,
+)
 from relay.store.sqlite import gates
 
 PING_HEADROOM = 16 * 1024
@@ -39,8 +47,8 @@ _INSERT_REQUEST = (
 )
 _INSERT_EVENT = (
     "INSERT INTO events (id, request_id, inbound, source, type, received_at, fired_at, list_id,"
-    " email, parse_error, dedup_key, duplicate_of, payload, payload_content_type, seq)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " email, parse_error, dedup_key, duplicate_of, payload, payload_content_type, seq,"
+    " email_key) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 _UPSERT_DEDUP = (
     "INSERT INTO dedup (key, event_id, first_seen) VALUES (?,?,?) ON CONFLICT (key)"
@@ -83,7 +91,14 @@ _INSERT_ATTEMPT = (
 # outlived its lease must not overwrite the newer attempt that took the delivery over.
 _COMPLETE = (
     "UPDATE deliveries SET state = ?, next_attempt_at = ?, updated_at = ?, delivered_at = ?,"
-    " last_status = ?, last_error = ? WHERE id = ? AND attempts = ? AND state = 'delivering'"
+    " last_status = ?, last_error = ?, dead_reason = ?"
+    " WHERE id = ? AND attempts = ? AND state = 'delivering'"
+)
+# A delivered event resolves the dead letters of the same event to the same destination, in
+# the transaction that records the delivery: "replay the dead letters" never sees them again.
+RESOLVE_DEAD = (
+    "UPDATE deliveries SET resolved_at = ?, resolved_by = ?"
+    " WHERE destination = ? AND event_id = ? AND state = 'dead' AND resolved_at IS NULL"
 )
 
 
@@ -287,7 +302,7 @@ def _write_ingests(
                 (
                     event_id, r.id, e.inbound, e.source, e.type, e.received_at, e.fired_at,
                     e.list_id, e.email, e.parse_error, e.dedup_key, duplicate_of, e.payload,
-                    e.payload_content_type, seq,
+                    e.payload_content_type, seq, email_key(e.email),
                 )
             )  # fmt: skip
             # A retried webhook is kept, as every request is, but not delivered twice.
@@ -320,6 +335,7 @@ def _write_completes(
     )
     attempts = []
     held = []
+    resolved = []
     for i, op in enumerate(ops):
         d, r = op.delivery, op.result
         dec = gated[i].decision if i in gated else op.decision
@@ -332,10 +348,14 @@ def _write_completes(
         cursor = conn.execute(
             _COMPLETE,
             (dec.state.value, dec.next_attempt_at, finished, finished if delivered else None,
-             r.status, recorded_error(r, dec), d.id, d.attempt),
+             r.status, recorded_error(r, dec), dead_reason(dec), d.id, d.attempt),
         )  # fmt: skip
         held.append(cursor.rowcount > 0)
+        if delivered and cursor.rowcount > 0:
+            resolved.append((finished, resolver(d.id), d.destination, d.event_id))
     conn.executemany(_INSERT_ATTEMPT, attempts)
+    if resolved:
+        conn.executemany(RESOLVE_DEAD, resolved)
     uncharged = [ops[i].delivery for i, c in gated.items() if held[i] and not c.charged]
     gates.hold_attempts(conn, uncharged)
     circuits.update(ops[i].delivery.destination for i, c in gated.items() if c.change)
@@ -380,7 +400,7 @@ def _claim(
         orphans = set(ids) - {c.id for c in claimed}
         conn.execute(
             f"UPDATE deliveries SET state = 'dead', next_attempt_at = NULL, updated_at = ?,"
-            f" last_error = ? WHERE id IN ({','.join('?' * len(orphans))})",
-            (now, ORPHANED, *orphans),
+            f" last_error = ?, dead_reason = ? WHERE id IN ({','.join('?' * len(orphans))})",
+            (now, ORPHANED, ORPHANED, *orphans),
         )
     return claimed

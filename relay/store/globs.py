@@ -1,0 +1,175 @@
+"""Shell-style globs in SQL, meaning what destination filters mean by them (pure).
+
+Destination ``types`` use ``fnmatch``: ``*`` any text, ``?`` one character, ``[abc]``,
+``[a-z]`` and ``[!abc]`` one of (or none of) a set, everything else itself, case-sensitive. The
+same pattern in an events filter is written for each backend (SQLite ``GLOB``, a PostgreSQL
+regular expression) with every other character escaped, and its literal prefix becomes an
+index range:
+
+    g = parse_glob("unsub*")
+    g.prefix, g.sqlite_glob(), g.postgres_regex()   # -> ('unsub', 'unsub*', '^unsub.*$')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class _Class:
+    negated: bool
+    # Single characters and ranges, as (first, last).
+    items: tuple[tuple[str, str], ...]
+
+
+_Token = str | _Class  # a literal character, "*", "?" (as _STAR/_ONE) or a set
+_STAR = "\x00*"
+_ONE = "\x00?"
+
+
+@dataclass(frozen=True, slots=True)
+class Glob:
+    tokens: tuple[_Token, ...]
+    # A set with nothing in it ([z-a]: fnmatch drops reversed ranges) matches no text at all.
+    never: bool = False
+
+    @property
+    def is_pattern(self) -> bool:
+        return any(t in (_STAR, _ONE) or isinstance(t, _Class) for t in self.tokens)
+
+    @property
+    def prefix(self) -> str:
+        """The literal text every match starts with."""
+        out = []
+        for t in self.tokens:
+            if isinstance(t, _Class) or t in (_STAR, _ONE):
+                break
+            out.append(t)
+        return "".join(out)
+
+    def literal(self) -> str:
+        """The pattern as plain text (only meaningful when not ``is_pattern``)."""
+        return "".join(t for t in self.tokens if isinstance(t, str))
+
+    def sqlite_glob(self) -> str:
+        out = []
+        for t in self.tokens:
+            if t == _STAR:
+                out.append("*")
+            elif t == _ONE:
+                out.append("?")
+            elif isinstance(t, _Class):
+                out.append(_sqlite_class(t))
+            elif t in "*?[":
+                out.append(f"[{t}]")
+            else:
+                out.append(t)
+        return "".join(out)
+
+    def postgres_regex(self) -> str:
+        out = ["^"]
+        for t in self.tokens:
+            if t == _STAR:
+                out.append(".*")
+            elif t == _ONE:
+                out.append(".")
+            elif isinstance(t, _Class):
+                body = "".join(
+                    _re_char(a) if a == b else f"{_re_char(a)}-{_re_char(b)}" for a, b in t.items
+                )
+                out.append(f"[{'^' if t.negated else ''}{body}]")
+            else:
+                out.append(_re_char(t))
+        out.append("$")
+        return "".join(out)
+
+
+def _re_char(c: str) -> str:
+    # In PostgreSQL's advanced regular expressions a backslash before any character that is not
+    # a letter or digit stands for that character, inside brackets too.
+    return c if c.isalnum() and c.isascii() else "\\" + c
+
+
+def _sqlite_class(t: _Class) -> str:
+    # GLOB sets: "]" is itself only first, "^" negates only first, "-" between two characters is
+    # a range. Each single character is placed where it means itself.
+    singles = [a for a, b in t.items if a == b]
+    ranges = "".join(f"{a}-{b}" for a, b in t.items if a != b)
+    first = "]" if "]" in singles else ""
+    rest = [c for c in singles if c not in "]-^"]
+    # "-" before "^": a set opening with "^" would be negated.
+    last = ("-" if "-" in singles else "") + ("^" if "^" in singles else "")
+    body = first + "".join(rest) + ranges + last
+    if body == "^" and not t.negated:
+        return "^"  # the set of "^" alone: outside brackets "^" is itself
+    return f"[{'^' if t.negated else ''}{body}]"
+
+
+def parse_glob(pattern: str) -> Glob:
+    """Tokens as ``fnmatch.translate`` reads them (an unclosed ``[`` is a literal)."""
+    tokens: list[_Token] = []
+    never = False
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        i += 1
+        if c == "*":
+            if not tokens or tokens[-1] != _STAR:
+                tokens.append(_STAR)
+        elif c == "?":
+            tokens.append(_ONE)
+        elif c == "[":
+            j = i
+            if j < n and pattern[j] == "!":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            while j < n and pattern[j] != "]":
+                j += 1
+            if j >= n:
+                tokens.append("[")
+                continue
+            body, i = pattern[i:j], j + 1
+            negated = body.startswith("!")
+            if negated:
+                body = body[1:]
+            items = _items(body)
+            if not items:
+                never = never or not negated
+                tokens.append(_ONE)  # none of nothing: any one character
+            else:
+                tokens.append(_Class(negated, items))
+        else:
+            tokens.append(c)
+    return Glob(tuple(tokens), never)
+
+
+def _items(body: str) -> tuple[tuple[str, str], ...]:
+    items: list[tuple[str, str]] = []
+    k = 0
+    while k < len(body):
+        if k + 2 < len(body) and body[k + 1] == "-":
+            first, last = body[k], body[k + 2]
+            # fnmatch drops a reversed range (z-a), which matches nothing.
+            if first <= last:
+                items.append((first, last))
+            k += 3
+        else:
+            items.append((body[k], body[k]))
+            k += 1
+    return tuple(items)
+
+
+def upper_bound(prefix: str) -> str | None:
+    """The smallest text above every text starting with ``prefix`` (code point order, which
+    is byte order in UTF-8); None when there is none."""
+    chars = list(prefix)
+    while chars:
+        code = ord(chars[-1]) + 1
+        if 0xD800 <= code <= 0xDFFF:
+            code = 0xE000
+        if code <= 0x10FFFF:
+            chars[-1] = chr(code)
+            return "".join(chars)
+        chars.pop()
+    return None

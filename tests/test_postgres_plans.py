@@ -1,0 +1,67 @@
+"""PostgreSQL answers the new filters from indexes: type globs by their prefix, emails by their
+key, dead letters from their partial index (sequential scans off: the test tables are small)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from relay.config import StorageConfig
+from relay.model import DeliveryFilter, DeliveryState, EventFilter
+from relay.store import create_store
+from relay.store.filters import POSTGRES, deliveries_query, events_query, waiting_count_query
+from relay.store.sqlfile import load_queries
+from tests.pg import pg_url
+
+__all__ = ["pg_url"]
+
+
+@pytest.fixture
+async def conn(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
+    store = create_store(StorageConfig(url=pg_url))
+    await store.open()  # migrates
+    await store.close()
+    connection = await asyncpg.connect(pg_url)
+    await connection.execute("SET enable_seqscan = off")
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+async def plan(conn: asyncpg.Connection, sql: str, params: list[Any]) -> str:
+    rows = await conn.fetch(f"EXPLAIN {sql}", *params)
+    return "\n".join(r[0] for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("where", "index"),
+    [
+        (EventFilter(type="unsub*"), "events_type"),
+        (EventFilter(type="unsubscribe"), "events_type"),
+        (EventFilter(email="Ann@Example.com"), "events_email"),
+        (EventFilter(state=DeliveryState.DEAD, destination="crm"), "deliveries_dead"),
+    ],
+)
+async def test_event_filters_use_their_index(
+    conn: asyncpg.Connection, where: EventFilter, index: str
+) -> None:
+    sql, params = events_query(POSTGRES, where, 51, None)
+    text = await plan(conn, sql, params)
+    assert index in text, text
+
+
+async def test_dead_letters_are_listed_and_counted_from_their_partial_index(
+    conn: asyncpg.Connection,
+) -> None:
+    sql, params = deliveries_query(POSTGRES, DeliveryState.DEAD, "crm", 51, None)
+    assert "Seq Scan" not in await plan(conn, sql, params)
+    assert "deliveries_dead" in await plan(conn, load_queries("relay.store.postgres")["stats"], [])
+
+
+async def test_a_discard_by_replay_reads_the_replay_index(conn: asyncpg.Connection) -> None:
+    sql, params = waiting_count_query(POSTGRES, DeliveryFilter(replay_id=7, destination="crm"))
+    assert "deliveries_replay" in await plan(conn, sql, params)
