@@ -623,6 +623,13 @@ def test_systemd_unit_runs_relay_with_secrets_and_a_stop_timeout() -> None:
     assert "ProcSubset" not in settings
 
 
+def test_systemd_reload_checks_the_config_then_sends_sighup() -> None:
+    assert _unit_settings()["ExecReload"] == [
+        "/opt/relay/.venv/bin/relay check-config --config /etc/relay/relay.toml",
+        "/bin/kill -HUP $MAINPID",
+    ]
+
+
 # --- Kubernetes ------------------------------------------------------------------------------
 
 

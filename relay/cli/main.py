@@ -24,7 +24,7 @@ from relay.cli.store_lock import StoreLockError, acquire_store_lock
 from relay.config import ConfigError, Settings, load_config
 from relay.config.checks import parse_listen
 from relay.obs.logs import flush_logs, setup_logging
-from relay.server.app import ADMIN_APP_KEY, FATAL_KEY, RELAY_KEY, create_app
+from relay.server.app import ADMIN_APP_KEY, FATAL_KEY, RELAY_KEY, config_reloader, create_app
 from relay.server.listener import RelaySite, fd_reserve, raise_fd_limit, relay_runner
 from relay.store import StoreError
 
@@ -84,7 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         runner = uvloop.run
     try:
-        return int(runner(_serve(settings)))
+        return int(runner(_serve(settings, Path(args.config))))
     except KeyboardInterrupt:
         return EXIT_OK
     finally:
@@ -99,8 +99,12 @@ def _fatal(message: str) -> int:
     return EXIT_FAILURE
 
 
-async def _serve(settings: Settings) -> int:
+async def _serve(settings: Settings, config_path: Path) -> int:
     app = create_app(settings)
+    loop = asyncio.get_running_loop()
+    reloader = config_reloader(app, config_path)
+    # From the start: unhandled, SIGHUP would end the process (systemctl reload during startup).
+    loop.add_signal_handler(signal.SIGHUP, reloader.request)
     # Each client connection holds a descriptor: ask for enough, and fit max_connections to
     # what the service manager allows, so relay refuses connections before accept() fails.
     reserve = fd_reserve(settings)
@@ -143,8 +147,8 @@ async def _serve(settings: Settings) -> int:
         f"{operators} ({settings.summary()})",
         flush=True,
     )
+    reloader.serving()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     fatal = app[FATAL_KEY]
@@ -156,6 +160,8 @@ async def _serve(settings: Settings) -> int:
     if fatal.done():
         log.critical("stopping: a background task failed: %r", fatal.exception())
         code = EXIT_FAILURE
+    loop.remove_signal_handler(signal.SIGHUP)
+    await reloader.stop()
     log.info("shutting down: no new connections, finishing acknowledged work")
     # The operator address closes first; then the main one stops listening, lets in-flight
     # requests finish their commits, and runs the cleanup that stops workers (with their grace
@@ -200,7 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="run the proxy until SIGTERM or SIGINT",
         description="Run the proxy until SIGTERM or SIGINT (Ctrl-C), then shut down gracefully."
-        " One relay serve per SQLite file: a second one on the same file exits with status 1.",
+        " SIGHUP reloads the config file (inbounds, destinations, the admin token, retention)"
+        " without dropping a request; a file that does not validate, or that changes [server],"
+        " [storage] or [dedup], is refused with a log line per problem and the running"
+        " configuration kept. One relay serve per SQLite file: a second one on the same file"
+        " exits with status 1.",
     )
     serve.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
     serve.set_defaults(func=cmd_serve)

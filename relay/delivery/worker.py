@@ -107,14 +107,23 @@ class DestinationWorker:
         self._held_until = 0.0
         self._wake.set()
 
+    def apply(self, destination: DestinationConfig, kinds: Mapping[str, InboundKind]) -> None:
+        """A reloaded configuration: the next attempt uses it (URL, headers, timeout, retry
+        policy, concurrency, rate limit, breaker); attempts in flight finish as they started."""
+        self.destination = destination
+        self.kinds = kinds
+        self.gate = Gate.of(destination)
+        self.wake_now()
+
     async def run(self) -> None:
         name = self.destination.name
-        limit = self.destination.concurrency
-        lease = lease_seconds(self.destination)
-        # Under a backlog, claiming for each slot as it frees costs a transaction per delivery;
-        # waiting until a quarter of the slots are free claims them in one.
-        batch = max(1, limit // 4)
         while not self._stopping:
+            # Read at every round: a reloaded configuration changes them.
+            limit = self.destination.concurrency
+            lease = lease_seconds(self.destination)
+            # Under a backlog, claiming for each slot as it frees costs a transaction per
+            # delivery; waiting until a quarter of the slots are free claims them in one.
+            batch = max(1, limit // 4)
             free = limit - len(self._inflight)
             timeout: float | None = None
             if free >= batch or (free > 0 and not self._inflight):
@@ -297,12 +306,44 @@ class Dispatcher:
         on_fatal: Callable[[BaseException], None],
         kinds: Mapping[str, InboundKind],
     ) -> None:
+        self._store, self._sender, self._metrics = store, sender, metrics
         self.workers = {
             d.name: DestinationWorker(d, store, sender, metrics, kinds) for d in destinations
         }
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Workers of destinations removed by a reload, finishing their attempts in flight.
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._started = False
         self._on_fatal = on_fatal
         store.signals.subscribe(self.on_signal)
+
+    def apply(
+        self,
+        destinations: Iterable[DestinationConfig],
+        kinds: Mapping[str, InboundKind],
+        grace: float,
+    ) -> None:
+        """Take a reloaded configuration: start workers for added destinations, hand changed
+        settings to running ones, and stop those of removed destinations once their attempts
+        in flight are done (within ``grace``; their waiting deliveries stay stored, and go out
+        if the destination comes back)."""
+        wanted = {d.name: d for d in destinations}
+        for name in [n for n in self.workers if n not in wanted]:
+            worker, task = self.workers.pop(name), self._tasks.pop(name, None)
+            retire = asyncio.create_task(
+                _retire(worker, task, grace), name=f"relay-worker-{name}-retiring"
+            )
+            self._retiring.add(retire)
+            retire.add_done_callback(self._retiring.discard)
+        for name, config in wanted.items():
+            running = self.workers.get(name)
+            if running is not None:
+                running.apply(config, kinds)
+                continue
+            added = DestinationWorker(config, self._store, self._sender, self._metrics, kinds)
+            self.workers[name] = added
+            if self._started:
+                self._start_one(name, added)
 
     def on_signal(self, signal: Signal) -> None:
         # A pause needs no wake-up: claims check it in the store. A resume comes as DUE.
@@ -321,10 +362,14 @@ class Dispatcher:
                 worker.wake()
 
     def start(self) -> None:
+        self._started = True
         for name, worker in self.workers.items():
-            task = asyncio.create_task(worker.run(), name=f"relay-worker-{name}")
-            task.add_done_callback(self._worker_done)
-            self._tasks[name] = task
+            self._start_one(name, worker)
+
+    def _start_one(self, name: str, worker: DestinationWorker) -> None:
+        task = asyncio.create_task(worker.run(), name=f"relay-worker-{name}")
+        task.add_done_callback(self._worker_done)
+        self._tasks[name] = task
 
     @property
     def running(self) -> bool:
@@ -350,5 +395,17 @@ class Dispatcher:
         for task in self._tasks.values():
             if not task.done():
                 task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await asyncio.gather(*self._tasks.values(), *self._retiring, return_exceptions=True)
         self._tasks.clear()
+
+
+async def _retire(
+    worker: DestinationWorker, task: asyncio.Task[None] | None, grace: float
+) -> None:
+    """Stop a removed destination's worker: no new claims, attempts in flight finish."""
+    await worker.stop(grace)
+    if task is not None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    log.info("destination=%s removed from the configuration: its worker stopped",
+             worker.destination.name)  # fmt: skip

@@ -6,6 +6,7 @@ known Mailchimp set (anything else is counted as "other"), never an email, id or
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -208,6 +209,34 @@ class Metrics:
         for name, rate in (rates or {}).items():
             self.rate_limit.labels(name).set(rate)
 
+    def reconfigure(
+        self,
+        journey_types: frozenset[str],
+        inbounds: Sequence[str],
+        destinations: Sequence[str],
+        removed_destinations: Sequence[str] = (),
+        rates: Mapping[str, float] | None = None,
+    ) -> None:
+        """After a reload: new names' series exist at 0 at once; the gauges of destinations no
+        longer configured go (their counters stay: they count what happened), and rate limits
+        are the configured ones."""
+        self._types = KNOWN_TYPES | journey_types
+        self._event_children.clear()
+        self._create_known_series(inbounds, destinations)
+        rates = rates or {}
+        gone = [
+            *((gauge, (name,)) for name in removed_destinations
+              for gauge in (self.oldest_pending, self.paused, self.circuit_open)),
+            *((self.deliveries, (name, s)) for name in removed_destinations for s in _STATES),
+            *((self.rate_limit, (name,)) for name in destinations if name not in rates),
+            *((self.rate_limit, (name,)) for name in removed_destinations),
+        ]  # fmt: skip
+        for gauge, labels in gone:
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
+        for name, rate in rates.items():
+            self.rate_limit.labels(name).set(rate)
+
     def _create_known_series(self, inbounds: Sequence[str], destinations: Sequence[str]) -> None:
         """Every label combination the config makes known, at 0, before anything is counted."""
         for inbound in inbounds:
@@ -255,7 +284,7 @@ class Metrics:
         by_name = {s.destination: s for s in stats}
         for name in destinations:
             s = by_name.get(name, DestinationStats(destination=name))
-            for state in ("pending", "delivering", "paused", "dead"):
+            for state in _STATES:
                 self.deliveries.labels(name, state).set(getattr(s, state))
             age = now - s.oldest_pending_at if s.oldest_pending_at is not None else 0.0
             self.oldest_pending.labels(name).set(max(0.0, age))
@@ -266,6 +295,9 @@ class Metrics:
         for name in breakers:
             state = states.get(name)
             self.circuit_open.labels(name).set(1 if state is not None and state.open else 0)
+
+
+_STATES = ("pending", "delivering", "paused", "dead")
 
 
 class _WithoutCreated:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -15,17 +16,20 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from relay.config import Settings
 from relay.delivery.sender import Sender
 from relay.delivery.worker import Dispatcher
-from relay.model import InboundKind
+from relay.model import AuditAction, InboundKind
 from relay.obs.logs import FLUSH_INTERVAL, flush_logs
 from relay.obs.metrics import Metrics
 from relay.server.admin_api import Admin, admin_middleware
 from relay.server.admin_control import AdminControl
+from relay.server.audit import Actor
 from relay.server.body import InflightBudget
 from relay.server.console import Console
 from relay.server.control import Control
+from relay.server.inbound_routes import InboundRoutes
 from relay.server.ingest import Ingest
 from relay.server.listener import ConnectionGate, connection_middleware
 from relay.server.memory import HeapTrimmer, trim_loop
+from relay.server.reload import ConfigReloader
 from relay.store import Store, StoreError, create_store
 
 log = logging.getLogger("relay.app")
@@ -61,7 +65,33 @@ class Relay:
         self.budget = InflightBudget(settings.server.max_inflight_bytes)
         metrics.inflight_bytes.set_function(lambda: self.budget.in_use)
         self.trimmer = HeapTrimmer(self.budget)
+        self.ingest = Ingest(settings, store, metrics, self.budget)
+        self.inbound_routes = InboundRoutes(self.ingest)
         self._last_write_ok = 0.0
+
+    async def reload(self, new: Settings) -> None:
+        """Put a reloaded configuration into effect (``relay.server.reload`` checked it): from
+        the next request on, everything routes, delivers and authenticates by it."""
+        old = self.settings
+        gone = [d.name for d in old.destinations if new.destination(d.name) is None]
+        self.metrics.reconfigure(
+            _journey_types(new),
+            [i.name for i in new.inbounds],
+            [d.name for d in new.destinations],
+            gone,
+            _rates(new),
+        )
+        # No await from here to the end of the swap: a request sees all of the old
+        # configuration or all of the new.
+        self.ingest.apply(new)
+        self.inbound_routes.rebuild()
+        self.control.apply(new)
+        self.settings = new
+        self.dispatcher.apply(new.destinations, _kinds(new), new.server.shutdown_grace)
+        try:
+            await self.control.show_paused(new.destinations)
+        except StoreError as exc:
+            log.warning("paused destinations not read after the reload: %s", exc)
 
     async def ready(self) -> tuple[bool, str]:
         if not self.dispatcher.running:
@@ -92,6 +122,10 @@ class Relay:
 
 def _kinds(settings: Settings) -> dict[str, InboundKind]:
     return {i.name: i.kind for i in settings.inbounds}
+
+
+def _rates(settings: Settings) -> dict[str, float]:
+    return {d.name: d.rate_limit.rate for d in settings.destinations if d.rate_limit}
 
 
 def _journey_types(settings: Settings) -> frozenset[str]:
@@ -133,7 +167,7 @@ def create_app(
         journey_types=_journey_types(settings),
         inbounds=[i.name for i in settings.inbounds],
         destinations=[d.name for d in settings.destinations],
-        rates={d.name: d.rate_limit.rate for d in settings.destinations if d.rate_limit},
+        rates=_rates(settings),
     )
     the_store = (
         store if store is not None else create_store(settings.storage, settings.dedup_window)
@@ -144,9 +178,10 @@ def create_app(
     gate = ConnectionGate(settings.server, metrics)
     app.middlewares.append(connection_middleware(gate))
     relay = Relay(settings, the_store, metrics, gate, _fatal_to_stop(app))
-    console = Console(settings, the_store, relay.control, metrics, relay.ready)
+    console = Console(the_store, relay.control, metrics, relay.ready)
     app[RELAY_KEY] = relay
-    app.router.add_routes(Ingest(settings, the_store, metrics, relay.budget).routes())
+    # Inbound URLs are routed by the relay's current configuration: a reload changes them.
+    app.middlewares.append(relay.inbound_routes.middleware())
     _add_health(app)
     if settings.admin.listen is None:
         _add_operator_parts(app, relay, console)
@@ -167,6 +202,7 @@ def _add_health(app: web.Application) -> None:
 
 
 def _add_operator_parts(app: web.Application, relay: Relay, console: Console) -> None:
+    # The token is read at each request: a reload changes it.
     app.middlewares.append(admin_middleware(lambda: relay.settings.admin.token))
     app.middlewares.append(console.middleware())
     app.router.add_routes(Admin(relay.store, relay.control).routes())
@@ -235,3 +271,16 @@ async def _metrics(request: web.Request) -> web.Response:
     body = relay.metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+
+def config_reloader(app: web.Application, path: Path) -> ConfigReloader:
+    """What ``kill -HUP`` runs: re-read ``path`` and put it into effect (``relay.server.reload``).
+
+    The hook for a supervisor of several processes: each worker process installs this on its
+    own SIGHUP; the parent forwards the signal to every worker.
+    """
+    relay = app[RELAY_KEY]
+
+    async def audit(actor: Actor, action: AuditAction, changes: list[str]) -> None:
+        await relay.control.auditor.record(actor, action, None, changes=changes)
+
+    return ConfigReloader(path, lambda: relay.settings, relay.reload, audit)

@@ -9,6 +9,7 @@ jobs (``relay.server.replays``) and the retention loop, started and stopped with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -114,19 +115,28 @@ class Control:
         self.replays = self.replaying.jobs
         self._on_fatal = on_fatal
         self._tasks: list[asyncio.Task[None]] = []
+        self._retention_changed = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.show_paused(self.settings.destinations)
         self._spawn(self.replays.run(), "relay-replays")
-        if self.settings.retention.days is not None:
-            self._spawn(self._retention_loop(), "relay-retention")
+        self._spawn(self._retention_loop(), "relay-retention")
 
     async def show_paused(self, destinations: Sequence[Any]) -> None:
         paused = await self.store.paused_destinations()
         for d in destinations:
             self.metrics.paused.labels(d.name).set(1 if d.name in paused else 0)
+
+    def apply(self, settings: Settings) -> None:
+        """Use a reloaded configuration from now on (routing of replays, destinations)."""
+        retention_changed = settings.retention != self.settings.retention
+        self.settings = settings
+        self.replaying.settings = settings
+        self.replays.settings = settings
+        if retention_changed:
+            self._retention_changed.set()
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(work, name=name)
@@ -328,18 +338,23 @@ class Control:
         return result
 
     async def _retention_loop(self) -> None:
-        days = self.settings.retention.days
-        interval = self.settings.retention.interval
-        assert days is not None
         while True:
+            # Read at every round: a reloaded configuration changes them.
+            days = self.settings.retention.days
+            interval = self.settings.retention.interval
             try:
                 # One process prunes at a time; if it stops, another takes over within two
                 # intervals.
-                if await self.store.try_lease("retention", self.owner, 2 * interval):
+                if days is not None and await self.store.try_lease(
+                    "retention", self.owner, 2 * interval
+                ):
                     await self.prune(days)
             except StoreError as exc:
                 log.warning("retention prune failed, retrying next interval: %s", exc)
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._retention_changed.wait()
+            self._retention_changed.clear()
 
 
 def _gate(config: DestinationConfig | None, stored: GateState | None) -> GateState | None:

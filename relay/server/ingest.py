@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
+from prometheus_client import Counter, Histogram
 
 from relay.config import InboundConfig, Settings
 from relay.model import InboundKind, NewEvent, RawRequest, new_id
@@ -75,14 +76,23 @@ class Ingest:
         self.metrics = metrics
         self.budget = budget
         self._parse_lock = asyncio.Lock()
+        self._hot = self._series(settings)
+
+    def _series(self, settings: Settings) -> dict[str, tuple[Counter, Histogram]]:
         # labels() costs a few microseconds a call; the per-request series are looked up once.
-        self._hot = {
+        return {
             i.name: (
-                metrics.requests.labels(i.name, "accepted"),
-                metrics.ingest_duration.labels(i.name),
+                self.metrics.requests.labels(i.name, "accepted"),
+                self.metrics.ingest_duration.labels(i.name),
             )
             for i in settings.inbounds
         }
+
+    def apply(self, settings: Settings) -> None:
+        """Use a reloaded configuration from the next request on (one already running keeps
+        the inbound it was routed to)."""
+        self._hot = self._series(settings)
+        self.settings = settings
 
     def routes(self) -> list[web.RouteDef]:
         out = []

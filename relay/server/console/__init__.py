@@ -1,6 +1,6 @@
 """The operator console: server-rendered HTML at /console, on the admin address.
 
-    console = Console(settings, store, control, metrics, relay.ready)
+    console = Console(store, control, metrics, relay.ready)
     app = web.Application(middlewares=[console.middleware()])
     app.router.add_routes(console.routes())
 
@@ -15,7 +15,6 @@ from typing import Any
 
 from aiohttp import web
 
-from relay.config import Settings
 from relay.obs.metrics import Metrics
 from relay.server.console.access import PREFIX, Access
 from relay.server.console.actions import Actions
@@ -31,7 +30,6 @@ __all__ = ["Capabilities", "Console"]
 class Console:
     def __init__(
         self,
-        settings: Settings,
         store: Store,
         control: Control,
         metrics: Metrics,
@@ -39,7 +37,7 @@ class Console:
     ) -> None:
         self._static = load_static()
         deps = ConsoleDeps(
-            settings, store, control, metrics, ready, environment(), asset_version(self._static)
+            store, control, metrics, ready, environment(), asset_version(self._static)
         )
         self.access = Access(deps)
         self.pages = Pages(deps)

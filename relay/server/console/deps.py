@@ -41,7 +41,6 @@ class Auth:
 
 @dataclass(frozen=True, slots=True)
 class ConsoleDeps:
-    settings: Settings
     store: Store
     control: Control
     metrics: Metrics
@@ -49,6 +48,12 @@ class ConsoleDeps:
     env: jinja2.Environment
     asset_version: str
     can: Capabilities = field(default_factory=Capabilities)
+
+    @property
+    def settings(self) -> Settings:
+        # The control's, read at each use: a reloaded configuration (token, inbounds,
+        # destinations) replaces it there.
+        return self.control.settings
 
     def context(self, auth: Auth | None, section: str, **values: Any) -> dict[str, Any]:
         """The values every page template gets, plus the page's own."""
