@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import signal
@@ -141,7 +142,7 @@ def audience_inbounds(max_body_bytes: int) -> str:
 
 
 def config_text(
-    db: Path,
+    db: Path | None,
     destinations: str = "",
     inbounds: str | None = None,
     extra: str = "",
@@ -153,6 +154,7 @@ def config_text(
     """A relay config; the store is the SQLite file ``db`` unless ``storage_url`` names another."""
     if inbounds is None:
         inbounds = AUDIENCE_INBOUNDS
+    assert db is not None or storage_url is not None, "config_text needs a store"
     return f"""
 [server]
 listen = "127.0.0.1:{port or 8080}"
@@ -398,20 +400,38 @@ class Load:
         await asyncio.gather(*(client(i) for i in range(self.clients)))
 
 
-def stored_bodies(db: Path) -> list[bytes]:
-    with sqlite3.connect(db) as conn:
-        return [bytes(r[0]) for r in conn.execute("SELECT body FROM requests")]
+# Reads of a relay's state behind its back, the same on every backend (tests/backends.py).
+BODIES = "SELECT body FROM requests"
+DELIVERY_STATES = "SELECT state, count(*) FROM deliveries GROUP BY state"
 
 
-def delivery_states(db: Path) -> dict[str, int]:
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT state, count(*) FROM deliveries GROUP BY state").fetchall()
+def sqlite_rows(db: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    with contextlib.closing(sqlite3.connect(db, timeout=5.0)) as conn, conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def bodies_of(rows: list[tuple[Any, ...]]) -> list[bytes]:
+    return [bytes(r[0]) for r in rows]
+
+
+def count_states(rows: list[tuple[Any, ...]]) -> dict[str, int]:
     return {str(state): int(n) for state, n in rows}
 
 
-def unfinished(db: Path) -> int:
-    states = delivery_states(db)
+def stored_bodies(db: Path) -> list[bytes]:
+    return bodies_of(sqlite_rows(db, BODIES))
+
+
+def delivery_states(db: Path) -> dict[str, int]:
+    return count_states(sqlite_rows(db, DELIVERY_STATES))
+
+
+def unfinished_in(states: dict[str, int]) -> int:
     return states.get("pending", 0) + states.get("delivering", 0)
+
+
+def unfinished(db: Path) -> int:
+    return unfinished_in(delivery_states(db))
 
 
 # -- admin API helpers (operator control tests) -----------------------------------------------

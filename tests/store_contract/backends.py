@@ -1,17 +1,8 @@
 """The storage backends every store contract test runs against, and the databases it makes.
 
-``sqlite`` gets a file in the test's tmp_path. ``postgresql`` gets one database for the run
-(tests/pg.py: ``relay_test_<hex>`` on ``RELAY_TEST_POSTGRES_URL``, dropped at the end also when
-tests fail; an unreachable server fails the run in CI or with RELAY_REQUIRE_POSTGRES=1 and skips
-with its reason elsewhere). The first test migrates it by opening a store and keeps the rows
-the migrations wrote; every later test starts from that state again: every other session of
-the database ended (no listener, lock or lease of an earlier test is left), every table
-emptied, every sequence restarted, the migrations' rows put back.
-
-Why not a database per test or per module: measured on the 2-core CI machine while other test
-runs loaded it, CREATE DATABASE took 150-700 ms (40 ms idle) and migrating it at open 250-450
-ms, where the reset takes ~25 ms. A test that needs an empty database (the migrations test)
-asks for one with ``await backend.make_empty()``.
+``sqlite`` gets a file in the test's tmp_path. ``postgresql`` gets the run's shared database,
+made as new for each test (tests/pg.py says how, and why not a database per test). A test that
+needs an empty database (the migrations test) asks for one with ``await backend.make_empty()``.
 
 Each backend also has a few raw helpers, for the states the Store interface cannot make or show
 (an event deleted behind a delivery's back, the rows left after a prune, the schema itself);
@@ -21,128 +12,27 @@ they are the only SQL in the suite.
 from __future__ import annotations
 
 import abc
-import asyncio
 import contextlib
 import re
 import sqlite3
 import time
-from collections.abc import Coroutine
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import asyncpg
 
 from relay.config import StorageConfig
 from relay.store import Store, create_store
+from tests.pg import PostgresDatabase
 
-T = TypeVar("T")
-# What a backend can do beyond the common contract; a test that needs one says so with
-# @pytest.mark.capability(NAME) and runs only on the backends that have it.
-CROSS_PROCESS_SIGNALS = "cross_process_signals"
 # The tables every backend keeps (same names, same meaning), counted after a prune.
 TABLES = ("requests", "events", "deliveries", "attempts", "dedup")
-# Where a PostgreSQL test database keeps the rows its migrations wrote, to put them back.
-SEED = "relay_test_seed"
-
-
-def run_apart(work: Coroutine[Any, Any, T]) -> T:
-    """Run ``work`` to the end on an event loop of its own (for module-scoped setup)."""
-    with ThreadPoolExecutor(max_workers=1) as thread:
-        return thread.submit(asyncio.run, work).result()
-
-
-_OTHER_SESSIONS = (
-    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-)
-
-
-@dataclass
-class PostgresDatabase:
-    """The suite's PostgreSQL database, and how to make it as new for each test."""
-
-    url: str
-    reset_sql: str | None = field(default=None, repr=False)
-
-    async def _run(self, sql: str) -> None:
-        conn = await asyncpg.connect(self.url, timeout=5.0)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    async def make_empty(self) -> None:
-        """No other session, no schema: as CREATE DATABASE made it."""
-        await self._run(
-            f"{_OTHER_SESSIONS}; DROP SCHEMA IF EXISTS {SEED} CASCADE;"
-            " DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public"
-        )
-        self.reset_sql = None
-
-    async def ready(self) -> None:
-        """Migrated, with nothing of an earlier test left."""
-        if self.reset_sql is not None:
-            await self._run(self.reset_sql)
-            return
-        await self.make_empty()
-        store = create_store(StorageConfig(url=self.url))
-        await store.open()
-        await store.close()
-        conn = await asyncpg.connect(self.url, timeout=5.0)
-        try:
-            tables = [r[0] for r in await conn.fetch(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-            )]  # fmt: skip
-            references = [(r[0], r[1]) for r in await conn.fetch(
-                "SELECT conrelid::regclass::text, confrelid::regclass::text FROM pg_constraint"
-                " WHERE contype = 'f' AND connamespace = 'public'::regnamespace"
-            )]  # fmt: skip
-            sequences = [(r[0], r[1]) for r in await conn.fetch(
-                "SELECT sequencename, start_value FROM pg_sequences WHERE schemaname = 'public'"
-            )]  # fmt: skip
-            seeded = [t for t in tables if await conn.fetchval(f'SELECT count(*) FROM "{t}"')]
-            await conn.execute(f"CREATE SCHEMA {SEED}")
-            for table in seeded:
-                await conn.execute(f'CREATE TABLE {SEED}."{table}" AS TABLE public."{table}"')
-        finally:
-            await conn.close()
-        # DELETE, not TRUNCATE: these tables hold a few rows, and TRUNCATE makes new files for
-        # every table and index (150-350 ms on a loaded machine, against a few ms). Referencing
-        # tables go first; the reset need not be durable.
-        statements = [
-            _OTHER_SESSIONS,
-            "BEGIN",
-            "SET LOCAL synchronous_commit = off",
-            *(f'DELETE FROM public."{t}"' for t in referencing_first(tables, references)),
-            *(f"SELECT setval('public.\"{name}\"', {start}, false)" for name, start in sequences),
-            *(
-                f'INSERT INTO public."{t}" OVERRIDING SYSTEM VALUE SELECT * FROM {SEED}."{t}"'
-                for t in seeded
-            ),
-            "COMMIT",
-        ]
-        self.reset_sql = ";\n".join(statements)
-
-
-def referencing_first(tables: list[str], references: list[tuple[str, str]]) -> list[str]:
-    """``tables`` ordered so that each comes before every table it references."""
-    ordered: list[str] = []
-    left = sorted(tables)
-    while left:
-        free = [t for t in left if not any(r == t and c in left for c, r in references if c != t)]
-        assert free, f"foreign keys in a cycle among {left}"
-        ordered += free
-        left = [t for t in left if t not in free]
-    return ordered
 
 
 class Backend(abc.ABC):
     """One backend under test: opens Stores on one database, as separate processes would."""
 
     name: ClassVar[str]
-    capabilities: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -252,7 +142,6 @@ def sqlite_schema(path: Path) -> str:
 
 class PostgresBackend(Backend):
     name = "postgresql"
-    capabilities = frozenset({CROSS_PROCESS_SIGNALS})
 
     def __init__(self, database: PostgresDatabase) -> None:
         super().__init__(database.url)
@@ -349,6 +238,3 @@ async def postgres_schema(conn: asyncpg.Connection) -> str:
     ):
         lines.append(f"trigger {r[0]}.{r[1]} {r[2]} {r[3]}: {r[4]}")
     return "\n".join(sorted(lines)) + "\n"
-
-
-BACKENDS: dict[str, type[Backend]] = {"sqlite": SqliteBackend, "postgresql": PostgresBackend}

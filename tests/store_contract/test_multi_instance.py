@@ -9,7 +9,8 @@ import pytest
 
 from relay.model import ClaimedDelivery, DeliveryState, EventFilter, NewReplay
 from relay.store import SignalKind, Store, StoreError
-from tests.store_contract.backends import CROSS_PROCESS_SIGNALS, Backend
+from tests.backends import CROSS_PROCESS_SIGNALS
+from tests.store_contract.backends import Backend
 from tests.store_contract.kit import (
     DELIVERED,
     LEASE,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncpg
 
 from relay.model import EventFilter
-from tests.pg import ADMIN_URL, create_database, drop_database
-from tests.store_contract.backends import TABLES, PostgresBackend, PostgresDatabase
+from tests.pg import ADMIN_URL, PostgresDatabase, create_database, drop_database
+from tests.store_contract.backends import TABLES, PostgresBackend
 from tests.store_contract.kit import ingest_one, new_event, raw_request
 
 
