@@ -4,7 +4,8 @@ The promise under test: a 200 means committed. So after any number of kills, eac
 got a 200 is stored exactly once with its exact bytes, reaches every destination whose filters
 match at least once after the restart, and no delivery is left in 'pending' or 'delivering'.
 Kills land during ingest (fast downstream) and during delivery (slow downstream, so attempts
-are in flight and their rows sit in 'delivering' with a lease when the process dies).
+are in flight and their rows sit in 'delivering' with a lease when the process dies). Each test
+runs on every storage backend.
 """
 
 from __future__ import annotations
@@ -18,17 +19,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.backends import RelayBackend
 from tests.support import (
     Load,
     RelayProcess,
     Sink,
-    config_text,
-    delivery_states,
     destination,
     free_port,
     sample,
-    stored_bodies,
-    unfinished,
     wait_until,
 )
 
@@ -42,23 +40,22 @@ RETRY = {"max_attempts": 100, "initial_delay": 0.05, "max_delay": 0.3}
 @dataclass
 class CrashRig:
     relay: RelayProcess
-    db: Path
+    store: RelayBackend
     sink: Sink
 
 
 @pytest.fixture
-async def rig(tmp_path: Path, sink: Sink) -> AsyncIterator[CrashRig]:
+async def rig(tmp_path: Path, sink: Sink, relay_backend: RelayBackend) -> AsyncIterator[CrashRig]:
     port = free_port()
-    db = tmp_path / "relay.db"
     # "crm" takes everything, "subs" only subscribes: both must get exactly what matches.
     dests = destination("crm", sink.url("/crm"), timeout=1.0, concurrency=8, retry=RETRY)
     dests += destination(
         "subs", sink.url("/subs"), timeout=1.0, concurrency=4, types=["subscribe"], retry=RETRY
     )
     cfg = tmp_path / "relay.toml"
-    cfg.write_text(config_text(db, dests, port=port))
+    cfg.write_text(relay_backend.config(dests, port=port))
     relay = RelayProcess(cfg, port, tmp_path / "relay.log")
-    yield CrashRig(relay, db, sink)
+    yield CrashRig(relay, relay_backend, sink)
     relay.ensure_stopped()
 
 
@@ -72,20 +69,24 @@ async def _kill_during_load(rig: CrashRig, load: Load, kill_when: object) -> dic
     await asyncio.to_thread(rig.relay.wait, 10)
     stop.set()
     await task
-    return delivery_states(rig.db)
+    return await rig.store.delivery_states()
 
 
 async def _restart_and_account(rig: CrashRig, load: Load, kills: int, label: str) -> None:
     """Restart, wait for every delivery to finish, and check the promise for every 200."""
     await rig.relay.start()
-    stored = Counter(stored_bodies(rig.db))
+    stored = Counter(await rig.store.stored_bodies())
     twice = [b for b, n in stored.items() if n > 1]
     assert not twice, f"{len(twice)} requests were stored more than once"
     missing = [b for b in load.acked if b not in stored]
     assert not missing, f"{len(missing)} acknowledged requests were not stored"
+
+    async def finished() -> bool:
+        return await rig.store.unfinished() == 0
+
     # Rows leased by the killed process become due again when their lease (1 s + 5 s) runs out.
-    await wait_until(lambda: unfinished(rig.db) == 0, timeout=30, what="every delivery to finish")
-    states = delivery_states(rig.db)
+    await wait_until(finished, timeout=30, what="every delivery to finish")
+    states = await rig.store.delivery_states()
     assert set(states) == {"delivered"}, states
     to_crm = Counter(r.body for r in rig.sink.at("/crm"))
     to_subs = Counter(r.body for r in rig.sink.at("/subs"))

@@ -1,21 +1,20 @@
-"""The core pipeline end to end: real sockets, a real SQLite file, real downstream servers."""
+"""The core pipeline end to end: real sockets, real downstream servers, on each storage backend."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import sqlite3
-from pathlib import Path
 
 import pytest
 
-from relay.model import DeliveryState
+from relay.model import DeliveryState, EventFilter
+from tests.backends import SQLITE_FILE, RelayBackend, sqlite_file
 from tests.support import (
     SAMPLES,
     RelayFactory,
     RelayUnderTest,
     Sink,
-    config_text,
     destination,
     sample,
     wait_until,
@@ -31,18 +30,15 @@ def _meta_event(name: str) -> str:
     )
 
 
-def count_rows(db: Path, table: str) -> int:
-    with sqlite3.connect(db) as conn:
-        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+async def count_rows(backend: RelayBackend, table: str) -> int:
+    return int(await backend.scalar(f"SELECT count(*) FROM {table}"))
 
 
 @pytest.mark.parametrize("name", AUDIENCE_SAMPLES)
 async def test_each_sample_arrives_byte_identical_with_its_type(
-    name: str, tmp_path: Path, sink: Sink, start_relay: RelayFactory
+    name: str, relay_backend: RelayBackend, sink: Sink, start_relay: RelayFactory
 ) -> None:
-    relay = await start_relay(
-        config_text(tmp_path / "relay.db", destination("crm", sink.url("/crm")))
-    )
+    relay = await start_relay(relay_backend.config(destination("crm", sink.url("/crm"))))
     body = sample(name)
     status, _ = await relay.post("/hooks/user", body)
     assert status == 200
@@ -62,11 +58,11 @@ async def test_each_sample_arrives_byte_identical_with_its_type(
 
 
 async def test_fan_out_to_two_destinations_with_custom_headers(
-    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+    relay_backend: RelayBackend, sink: Sink, start_relay: RelayFactory
 ) -> None:
     dests = destination("crm", sink.url("/crm"), headers={"Authorization": "Bearer t0k"})
     dests += destination("analytics", sink.url("/analytics"))
-    relay = await start_relay(config_text(tmp_path / "relay.db", dests))
+    relay = await start_relay(relay_backend.config(dests))
     status, _ = await relay.post("/hooks/user", sample("mc_doc_subscribe.txt"))
     assert status == 200
     await wait_until(lambda: len(sink.at("/crm")) == 1 and len(sink.at("/analytics")) == 1)
@@ -102,30 +98,27 @@ async def test_types_and_sources_filters_decide_who_gets_an_event(
     path: str,
     sample_name: str,
     expected: bool,
-    tmp_path: Path,
+    relay_backend: RelayBackend,
     sink: Sink,
     start_relay: RelayFactory,
 ) -> None:
     dests = destination("filtered", sink.url("/filtered"), **filters)
     dests += destination("everything", sink.url("/everything"))
-    relay = await start_relay(config_text(tmp_path / "relay.db", dests))
+    relay = await start_relay(relay_backend.config(dests))
     assert (await relay.post(path, sample(sample_name)))[0] == 200
     # "everything" has no filter: once it has the event, "filtered" has had its chance too,
     # since both deliveries were committed in the same transaction.
     await wait_until(lambda: len(sink.at("/everything")) == 1)
     await wait_until(lambda: len(sink.at("/filtered")) == int(expected), timeout=1.0)
-    with sqlite3.connect(tmp_path / "relay.db") as conn:
-        names = {r[0] for r in conn.execute("SELECT destination FROM deliveries")}
+    names = {r[0] for r in await relay_backend.rows("SELECT destination FROM deliveries")}
     assert ("filtered" in names) is expected
 
 
 async def test_failing_destination_is_retried_until_it_answers(
-    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+    relay_backend: RelayBackend, sink: Sink, start_relay: RelayFactory
 ) -> None:
     sink.on("/crm", 500, 500, 500, 200)
-    relay = await start_relay(
-        config_text(tmp_path / "relay.db", destination("crm", sink.url("/crm")))
-    )
+    relay = await start_relay(relay_backend.config(destination("crm", sink.url("/crm"))))
     assert (await relay.post("/hooks/user", sample("mc_doc_subscribe.txt")))[0] == 200
     await wait_until(lambda: len(sink.at("/crm")) == 4, what="four attempts")
     assert [r.headers["X-Relay-Attempt"] for r in sink.at("/crm")] == ["1", "2", "3", "4"]
@@ -151,12 +144,11 @@ async def test_failing_destination_is_retried_until_it_answers(
 
 
 async def test_retry_after_header_delays_next_attempt(
-    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+    relay_backend: RelayBackend, sink: Sink, start_relay: RelayFactory
 ) -> None:
     sink.on("/crm", (429, {"Retry-After": "1"}), 200)
     relay = await start_relay(
-        config_text(
-            tmp_path / "relay.db",
+        relay_backend.config(
             destination("crm", sink.url("/crm"), retry={"max_delay": 5.0}),
         )
     )
@@ -167,12 +159,10 @@ async def test_retry_after_header_delays_next_attempt(
 
 
 async def test_retry_after_is_capped_at_max_delay(
-    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+    relay_backend: RelayBackend, sink: Sink, start_relay: RelayFactory
 ) -> None:
     sink.on("/crm", (503, {"Retry-After": "3600"}), 200)
-    relay = await start_relay(
-        config_text(tmp_path / "relay.db", destination("crm", sink.url("/crm")))
-    )
+    relay = await start_relay(relay_backend.config(destination("crm", sink.url("/crm"))))
     assert (await relay.post("/hooks/user", sample("mc_doc_subscribe.txt")))[0] == 200
     await wait_until(lambda: len(sink.at("/crm")) == 2, timeout=5.0, what="the capped retry")
 
@@ -184,12 +174,11 @@ async def _final_state(relay: RelayUnderTest, event_id: str) -> DeliveryState:
 
 
 async def test_delivery_is_dead_after_max_attempts(
-    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+    relay_backend: RelayBackend, sink: Sink, start_relay: RelayFactory
 ) -> None:
     sink.on("/crm", 502)
     relay = await start_relay(
-        config_text(
-            tmp_path / "relay.db",
+        relay_backend.config(
             destination("crm", sink.url("/crm"), retry={"max_attempts": 3}),
         )
     )
@@ -211,12 +200,10 @@ async def test_delivery_is_dead_after_max_attempts(
 
 @pytest.mark.parametrize("status", [400, 404, 410, 422])
 async def test_permanent_4xx_is_dead_at_once(
-    status: int, tmp_path: Path, sink: Sink, start_relay: RelayFactory
+    status: int, relay_backend: RelayBackend, sink: Sink, start_relay: RelayFactory
 ) -> None:
     sink.on("/crm", status)
-    relay = await start_relay(
-        config_text(tmp_path / "relay.db", destination("crm", sink.url("/crm")))
-    )
+    relay = await start_relay(relay_backend.config(destination("crm", sink.url("/crm"))))
     assert (await relay.post("/hooks/user", sample("mc_doc_subscribe.txt")))[0] == 200
     await wait_until(lambda: len(sink.at("/crm")) == 1)
     event_id = sink.at("/crm")[0].headers["X-Relay-Event-Id"]
@@ -234,24 +221,21 @@ async def test_permanent_4xx_is_dead_at_once(
 
 @pytest.mark.parametrize("status", [408, 429])
 async def test_408_and_429_are_retried(
-    status: int, tmp_path: Path, sink: Sink, start_relay: RelayFactory
+    status: int, relay_backend: RelayBackend, sink: Sink, start_relay: RelayFactory
 ) -> None:
     sink.on("/crm", status, 200)
-    relay = await start_relay(
-        config_text(tmp_path / "relay.db", destination("crm", sink.url("/crm")))
-    )
+    relay = await start_relay(relay_backend.config(destination("crm", sink.url("/crm"))))
     assert (await relay.post("/hooks/user", sample("mc_doc_subscribe.txt")))[0] == 200
     await wait_until(lambda: len(sink.at("/crm")) == 2)
 
 
 async def test_pending_deliveries_resume_after_restart(
-    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+    relay_backend: RelayBackend, sink: Sink, start_relay: RelayFactory
 ) -> None:
-    db = tmp_path / "relay.db"
     sink.on("/crm", 503)
     slow_retry = {"initial_delay": 0.2, "max_delay": 0.2, "max_attempts": 50}
     first = await start_relay(
-        config_text(db, destination("crm", sink.url("/crm"), retry=slow_retry))
+        relay_backend.config(destination("crm", sink.url("/crm"), retry=slow_retry))
     )
     bodies = [sample(n) for n in AUDIENCE_SAMPLES]
     for body in bodies:
@@ -261,10 +245,9 @@ async def test_pending_deliveries_resume_after_restart(
     sink.on("/crm", 200)
     sink.received.clear()
     second = await start_relay(
-        config_text(db, destination("crm", sink.url("/crm"), retry=slow_retry))
+        relay_backend.config(destination("crm", sink.url("/crm"), retry=slow_retry))
     )
-    with sqlite3.connect(db) as conn:
-        ids = [r[0] for r in conn.execute("SELECT id FROM events ORDER BY id")]
+    ids = [e.id for e in (await second.relay.store.list_events(EventFilter(), 100)).events]
     assert len(ids) == len(bodies)
 
     async def all_delivered() -> bool:
@@ -279,11 +262,12 @@ async def test_pending_deliveries_resume_after_restart(
     assert {r.body for r in sink.at("/crm")} == set(bodies)
 
 
+@pytest.mark.capability(SQLITE_FILE)
 async def test_store_failure_answers_503_and_nothing_is_delivered(
-    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+    relay_backend: RelayBackend, sink: Sink, start_relay: RelayFactory
 ) -> None:
-    db = tmp_path / "relay.db"
-    relay = await start_relay(config_text(db, destination("crm", sink.url("/crm"))))
+    db = sqlite_file(relay_backend)
+    relay = await start_relay(relay_backend.config(destination("crm", sink.url("/crm"))))
     assert (await relay.post("/hooks/user", sample("mc_doc_subscribe.txt")))[0] == 200
     await wait_until(lambda: len(sink.at("/crm")) == 1)
     # Another process holds the write lock: relay's commit cannot happen within busy_timeout.
@@ -296,7 +280,7 @@ async def test_store_failure_answers_503_and_nothing_is_delivered(
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
-    assert count_rows(db, "events") == 1
+    assert await count_rows(relay_backend, "events") == 1
     # Recovered by itself: the next request is stored and delivered.
     assert (await relay.post("/hooks/user", sample("mc_doc_cleaned.txt")))[0] == 200
     await wait_until(lambda: len(sink.at("/crm")) == 2)
@@ -307,32 +291,29 @@ async def test_store_failure_answers_503_and_nothing_is_delivered(
     "query", ["secret=wrong", "", "secret=", "secret=s3cre", "secret=s3cret0", "Secret=s3cret"]
 )
 async def test_wrong_or_missing_secret_is_401_and_not_stored(
-    query: str, tmp_path: Path, sink: Sink, start_relay: RelayFactory
+    query: str, relay_backend: RelayBackend, sink: Sink, start_relay: RelayFactory
 ) -> None:
-    db = tmp_path / "relay.db"
-    relay = await start_relay(config_text(db, destination("crm", sink.url("/crm"))))
+    relay = await start_relay(relay_backend.config(destination("crm", sink.url("/crm"))))
     status, text = await relay.post("/hooks/user", sample("mc_doc_subscribe.txt"), query=query)
     assert status == 401
     assert "secret" in text
-    assert count_rows(db, "requests") == 0
+    assert await count_rows(relay_backend, "requests") == 0
 
 
 async def test_oversized_body_is_413_and_not_stored(
-    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+    relay_backend: RelayBackend, sink: Sink, start_relay: RelayFactory
 ) -> None:
-    db = tmp_path / "relay.db"
-    relay = await start_relay(config_text(db, destination("crm", sink.url("/crm"))))
+    relay = await start_relay(relay_backend.config(destination("crm", sink.url("/crm"))))
     big = b"type=subscribe&data%5Bemail%5D=" + b"a" * 70000
     status, _ = await relay.post("/hooks/user", big)
     assert status == 413
-    assert count_rows(db, "requests") == 0
+    assert await count_rows(relay_backend, "requests") == 0
 
 
 async def test_oversized_chunked_body_is_413_while_reading(
-    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+    relay_backend: RelayBackend, sink: Sink, start_relay: RelayFactory
 ) -> None:
-    db = tmp_path / "relay.db"
-    relay = await start_relay(config_text(db, destination("crm", sink.url("/crm"))))
+    relay = await start_relay(relay_backend.config(destination("crm", sink.url("/crm"))))
 
     async def chunks():  # type: ignore[no-untyped-def]
         for _ in range(100):
@@ -345,34 +326,31 @@ async def test_oversized_chunked_body_is_413_while_reading(
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     ) as response:
         assert response.status == 413
-    assert count_rows(db, "requests") == 0
+    assert await count_rows(relay_backend, "requests") == 0
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 async def test_url_validation_get_and_head_answer_200(
-    method: str, tmp_path: Path, start_relay: RelayFactory
+    method: str, relay_backend: RelayBackend, start_relay: RelayFactory
 ) -> None:
-    db = tmp_path / "relay.db"
-    relay = await start_relay(config_text(db))
+    relay = await start_relay(relay_backend.config())
     assert relay.session is not None
     async with relay.session.request(method, relay.url("/hooks/user")) as response:
         assert response.status == 200
 
 
 async def test_empty_post_answers_200_and_stores_nothing(
-    tmp_path: Path, start_relay: RelayFactory
+    relay_backend: RelayBackend, start_relay: RelayFactory
 ) -> None:
-    db = tmp_path / "relay.db"
-    relay = await start_relay(config_text(db))
+    relay = await start_relay(relay_backend.config())
     assert (await relay.post("/hooks/user", b"", query=""))[0] == 200
-    assert count_rows(db, "requests") == 0
+    assert await count_rows(relay_backend, "requests") == 0
 
 
 async def test_unparseable_body_is_stored_as_unknown_and_still_delivered(
-    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+    relay_backend: RelayBackend, sink: Sink, start_relay: RelayFactory
 ) -> None:
-    db = tmp_path / "relay.db"
-    relay = await start_relay(config_text(db, destination("crm", sink.url("/crm"))))
+    relay = await start_relay(relay_backend.config(destination("crm", sink.url("/crm"))))
     body = b"\xff\xfe not a mailchimp body {"
     assert (await relay.post("/hooks/user", body, content_type="text/plain"))[0] == 200
     await wait_until(lambda: len(sink.at("/crm")) == 1)
@@ -386,18 +364,16 @@ async def test_unparseable_body_is_stored_as_unknown_and_still_delivered(
 
 
 async def test_request_is_stored_whole_with_secrets_masked(
-    tmp_path: Path, start_relay: RelayFactory
+    relay_backend: RelayBackend, start_relay: RelayFactory
 ) -> None:
-    db = tmp_path / "relay.db"
-    relay = await start_relay(config_text(db))
+    relay = await start_relay(relay_backend.config())
     body = sample("mc_doc_profile.txt")
     status, _ = await relay.post(
         "/hooks/admin", body, query="secret=s3cret&x=1", headers={"X-Trace": "abc"}
     )
     assert status == 200
-    with sqlite3.connect(db) as conn:
-        (event_id,) = conn.execute("SELECT id FROM events").fetchone()
-    detail = await relay.relay.store.get_event(event_id)
+    (event,) = (await relay.relay.store.list_events(EventFilter(), 10)).events
+    detail = await relay.relay.store.get_event(event.id)
     assert detail is not None
     req = detail.request
     assert (req.method, req.path, req.body) == ("POST", "/hooks/admin", body)
@@ -412,20 +388,19 @@ async def test_request_is_stored_whole_with_secrets_masked(
 
 
 async def test_concurrent_requests_share_commits(
-    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+    relay_backend: RelayBackend, sink: Sink, start_relay: RelayFactory
 ) -> None:
     import asyncio
 
-    db = tmp_path / "relay.db"
-    relay = await start_relay(config_text(db, destination("crm", sink.url("/crm"))))
+    relay = await start_relay(relay_backend.config(destination("crm", sink.url("/crm"))))
     bodies = [
         sample("mc_doc_subscribe.txt").replace(b"8a25ff1d98", f"{i:010d}".encode())
         for i in range(200)
     ]
     statuses = await asyncio.gather(*(relay.post("/hooks/user", b) for b in bodies))
     assert statuses.count((200, "OK\n")) == 200
-    assert count_rows(db, "events") == 200
-    assert count_rows(db, "deliveries") == 200
+    assert await count_rows(relay_backend, "events") == 200
+    assert await count_rows(relay_backend, "deliveries") == 200
     metrics = relay.relay.metrics
     commits = metrics.commit_batch._sum.get()
     count = sum(b.get() for b in metrics.commit_batch._buckets)
@@ -435,16 +410,17 @@ async def test_concurrent_requests_share_commits(
     await wait_until(lambda: len(sink.at("/crm")) == 200)
 
 
+@pytest.mark.capability(SQLITE_FILE)
 async def test_stopping_while_a_claim_waits_sends_what_the_claim_took(
-    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+    relay_backend: RelayBackend, sink: Sink, start_relay: RelayFactory
 ) -> None:
-    db = tmp_path / "relay.db"
+    db = sqlite_file(relay_backend)
     sink.on("/crm", 503, 200)
     dests = destination(
         "crm", sink.url("/crm"), retry={"max_attempts": 5, "initial_delay": 0.4, "max_delay": 0.4}
     )
     # A long busy timeout: the retry's claim waits for the lock instead of failing.
-    text = config_text(db, dests).replace("busy_timeout = 0.3", "busy_timeout = 5")
+    text = relay_backend.config(dests).replace("busy_timeout = 0.3", "busy_timeout = 5")
     relay = await start_relay(text)
     assert (await relay.post("/hooks/user", sample("mc_doc_subscribe.txt")))[0] == 200
 
@@ -471,22 +447,25 @@ async def test_stopping_while_a_claim_waits_sends_what_the_claim_took(
 
 
 async def test_max_age_ends_retries_counted_from_the_delivery_creation(
-    tmp_path: Path, sink: Sink, start_relay: RelayFactory
+    relay_backend: RelayBackend, sink: Sink, start_relay: RelayFactory
 ) -> None:
-    db = tmp_path / "relay.db"
     sink.on("/crm", 503)
     retry = {"max_attempts": 100, "initial_delay": 0.1, "max_delay": 0.1, "max_age": 0.5}
-    relay = await start_relay(config_text(db, destination("crm", sink.url("/crm"), retry=retry)))
+    relay = await start_relay(
+        relay_backend.config(destination("crm", sink.url("/crm"), retry=retry))
+    )
     assert (await relay.post("/hooks/user", sample("mc_doc_subscribe.txt")))[0] == 200
 
-    def state() -> list[tuple[object, ...]]:
-        with sqlite3.connect(db) as conn:
-            return list(
-                conn.execute("SELECT state, attempts, last_error, dead_reason FROM deliveries")
-            )
+    async def state() -> list[tuple[object, ...]]:
+        return await relay_backend.rows(
+            "SELECT state, attempts, last_error, dead_reason FROM deliveries"
+        )
 
-    await wait_until(lambda: state()[0][0] == "dead", what="max_age to end the retries")
-    ((_, attempts, last_error, reason),) = state()
+    async def dead() -> bool:
+        return (await state())[0][0] == "dead"
+
+    await wait_until(dead, what="max_age to end the retries")
+    ((_, attempts, last_error, reason),) = await state()
     assert isinstance(attempts, int) and 2 <= attempts <= 6
     assert last_error == "HTTP 503: sink says hi"
     assert reason == f"gave up after {attempts} attempts: max_age 0.5s reached"
