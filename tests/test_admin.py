@@ -165,7 +165,13 @@ async def test_event_filters_select_by_each_field(
         "/hooks/admin", subscribe_body("boss@example.com", list_id="L2", kind="unsubscribe")
     )
     assert status == 200
-    await wait_until(lambda: len(sink.at("/warehouse")) == 1, what="the unsubscribe delivery")
+
+    async def delivered() -> bool:
+        # Recorded, not only received by the sink: the state filter below reads the record.
+        path = "/admin/deliveries?state=delivered&destination=warehouse"
+        return len((await admin_call(relay, "GET", path))[1]["deliveries"]) == 1
+
+    await wait_until(delivered, what="the unsubscribe delivery to be recorded")
 
     async def ids(query: str) -> list[str]:
         status, answer = await admin_call(relay, "GET", f"/admin/events?{query}")
