@@ -103,10 +103,16 @@ def copy_store(*args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+def _default_sigint() -> None:
+    # A test run started in the background ignores SIGINT, and a child would inherit that: the
+    # copier must see Ctrl-C as a user's terminal sends it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def copy_process(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "relay", "copy-store", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint,
     )  # fmt: skip
 
 
