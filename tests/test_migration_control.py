@@ -1,6 +1,7 @@
-"""Upgrading a store made by the previous release (every migration but the last): dead letters
-get their real error back and resolve when their event was delivered since, emails get their
-search key, and the store then works as a new one does."""
+"""Upgrading a store made by the release before operator control (every migration before
+SQLite's 0005 and PostgreSQL's 0003, which brought it): dead letters get their real error back
+and resolve when their event was delivered since, emails get their search key, and the store
+then works as a new one does."""
 
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ ATTEMPTS = [
     (5, 1, 404, None),
 ]
 EMAILS = {"E1": "Ann@Example.COM", "E2": "bob@example.com", "E3": None}
+# The migrations that brought operator control; the store under test was made before them.
+SQLITE_CONTROL, POSTGRES_CONTROL = 5, 3
 
 
 def old_rows() -> list[tuple[str, Sequence[Sequence[Any]]]]:
@@ -72,7 +75,9 @@ def old_rows() -> list[tuple[str, Sequence[Sequence[Any]]]]:
 
 def old_sqlite(path: Path) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
-    for version, script in migrations("relay.store.sqlite")[:-1]:
+    for version, script in migrations("relay.store.sqlite"):
+        if version >= SQLITE_CONTROL:
+            break
         conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;")
     for sql, rows in old_rows():
         width = len(rows[0])
@@ -87,7 +92,9 @@ async def old_postgres(url: str) -> None:
             "CREATE TABLE relay_migrations (version integer PRIMARY KEY,"
             " applied_at double precision NOT NULL DEFAULT extract(epoch FROM now()))"
         )
-        for version, script in migrations("relay.store.postgres")[:-1]:
+        for version, script in migrations("relay.store.postgres"):
+            if version >= POSTGRES_CONTROL:
+                break
             await conn.execute(script)
             await conn.execute("INSERT INTO relay_migrations (version) VALUES ($1)", version)
         for sql, rows in old_rows():

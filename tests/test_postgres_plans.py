@@ -13,6 +13,7 @@ from relay.config import StorageConfig
 from relay.model import DeliveryFilter, DeliveryState, EventFilter
 from relay.store import create_store
 from relay.store.filters import POSTGRES, deliveries_query, events_query, waiting_count_query
+from relay.store.health import health_query
 from relay.store.sqlfile import load_queries
 from tests.pg import pg_url
 
@@ -65,3 +66,14 @@ async def test_dead_letters_are_listed_and_counted_from_their_partial_index(
 async def test_a_discard_by_replay_reads_the_replay_index(conn: asyncpg.Connection) -> None:
     sql, params = waiting_count_query(POSTGRES, DeliveryFilter(replay_id=7, destination="crm"))
     assert "deliveries_replay" in await plan(conn, sql, params)
+
+
+async def test_destination_health_walks_the_newest_attempts_by_their_start(
+    conn: asyncpg.Connection,
+) -> None:
+    sql, params = health_query(POSTGRES, 1_700_000_000.0, 10_000)
+    text = await plan(conn, sql, params)
+    # On empty tables a bitmap scan; with a million attempts (measured) a backward index scan
+    # that stops at the limit, each joined to its delivery by primary key.
+    assert "Index Cond: (started_at >=" in text and "attempts_started" in text, text
+    assert "Seq Scan" not in text, text

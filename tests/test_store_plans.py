@@ -1,4 +1,5 @@
-"""The admin queries that run on hot paths use indexes: EXPLAIN QUERY PLAN shows no full scans."""
+"""The admin queries that run on hot paths, and the overview's read of recent attempts, use indexes:
+EXPLAIN QUERY PLAN shows no full scans."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from relay.config import StorageConfig
 from relay.model import DeliveryState, EventFilter
 from relay.store.filters import SQLITE, deliveries_query, events_query
+from relay.store.health import health_query
 from relay.store.sqlite.store import SqliteStore
 
 CURSOR = 1000
@@ -91,3 +93,13 @@ def test_the_check_catches_a_full_scan(conn: sqlite3.Connection) -> None:
     lines = plan(conn, "SELECT * FROM events e WHERE e.payload_content_type = ?", ["x"])
     with pytest.raises(pytest.fail.Exception):
         assert_no_full_scan(lines)
+
+
+def test_destination_health_walks_the_newest_attempts_by_their_start(
+    conn: sqlite3.Connection,
+) -> None:
+    sql, params = health_query(SQLITE, 1_700_000_000.0, 10_000)
+    lines = plan(conn, sql, params)
+    assert "SEARCH a USING INDEX attempts_started (started_at>?)" in lines, lines
+    assert "SEARCH d USING INTEGER PRIMARY KEY (rowid=?)" in lines, lines
+    assert not any(line.split()[:2] in (["SCAN", "a"], ["SCAN", "d"]) for line in lines), lines

@@ -4,8 +4,19 @@ from __future__ import annotations
 
 from relay.config import StorageConfig
 from relay.store.base import DestinationStats, Signal, SignalKind, Store, StoreError
+from relay.store.health import DestinationHealth, FailedAttempt, HealthReport
 
-__all__ = ["DestinationStats", "Signal", "SignalKind", "Store", "StoreError", "create_store"]
+__all__ = [
+    "DestinationHealth",
+    "DestinationStats",
+    "FailedAttempt",
+    "HealthReport",
+    "Signal",
+    "SignalKind",
+    "Store",
+    "StoreError",
+    "create_store",
+]
 
 
 def create_store(config: StorageConfig, dedup_window: float = 86400.0) -> Store:

@@ -55,6 +55,7 @@ from relay.model import (
     ReplayState,
 )
 from relay.store.gate import CircuitChange, Completion, Gate, GatedClaim, GateState
+from relay.store.health import HealthReport
 
 # The longest a waiter relies on signals alone: a notification lost with a dropped connection
 # delays work by at most this much.
@@ -221,6 +222,13 @@ class Archive(abc.ABC):
     @abc.abstractmethod
     async def destination_stats(self) -> list[DestinationStats]:
         """Unfinished-delivery counts per destination, from indexes only."""
+
+    @abc.abstractmethod
+    async def destination_health(self, since: float, limit: int = 10_000) -> HealthReport:
+        """Per destination, the attempts started at or after ``since`` by any process (at most
+        the newest ``limit`` of them, all destinations together), how many got a 2xx, and the
+        latest that did not; from an index on the attempts' start, so it stays cheap however
+        many attempts are stored (``relay.store.health``)."""
 
     @abc.abstractmethod
     async def gate_states(self) -> dict[str, GateState]:

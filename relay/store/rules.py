@@ -42,14 +42,26 @@ def recorded_error(result: AttemptResult, decision: Decision) -> str | None:
     """
     if decision.state is DeliveryState.DELIVERED:
         return None
-    if result.error:
-        return result.error
-    if result.status is None:
-        return decision.reason
-    text = " ".join(result.response_head.decode("utf-8", "replace").split())
+    return attempt_error(result.status, result.error, result.response_head) or decision.reason
+
+
+def attempt_error(status: int | None, error: str | None, response_head: bytes) -> str | None:
+    """What one attempt got, in one line: its error, else its status and the first bytes of the
+    response; None when it got neither (nothing to say).
+
+    >>> attempt_error(503, None, b"HTTP/1.1 503\\r\\nRetry-After: 5")
+    'HTTP 503: HTTP/1.1 503 Retry-After: 5'
+    >>> attempt_error(None, "timed out after 10s", b"")
+    'timed out after 10s'
+    """
+    if error:
+        return error
+    if status is None:
+        return None
+    text = " ".join(response_head.decode("utf-8", "replace").split())
     if len(text) > ERROR_BODY_CHARS:
         text = text[:ERROR_BODY_CHARS] + "..."
-    return f"HTTP {result.status}: {text}" if text else f"HTTP {result.status}"
+    return f"HTTP {status}: {text}" if text else f"HTTP {status}"
 
 
 def dead_reason(decision: Decision) -> str | None:

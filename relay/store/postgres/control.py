@@ -1,5 +1,5 @@
 """PostgreSQL side of operator control over single deliveries and replays: retry now, resolve,
-discard, cancel a replay, list replays, and the audit trail.
+discard, cancel a replay, list replays, how destinations fare lately, and the audit trail.
 
 A mixin of ``PostgresStore``, like ``archive``: what other processes must hear of (a delivery
 due now, a cancelled replay) is NOTIFYed inside the transaction that does it.
@@ -23,6 +23,7 @@ from relay.model import (
 )
 from relay.store.base import Signal, SignalKind, Signals
 from relay.store.filters import POSTGRES, waiting_count_query, waiting_ids_query
+from relay.store.health import HealthReport, health_query, health_report
 from relay.store.postgres.connect import clean_text
 from relay.store.postgres.writer import CHANNEL, Q
 from relay.store.rows import delivery_record, replay_record
@@ -110,6 +111,12 @@ class PostgresControl:
         if cancelled is not None:
             self.signals.emit(Signal(SignalKind.REPLAY, str(replay_id)))
         return cancelled is not None
+
+    # -- how destinations fare -------------------------------------------------------------------
+
+    async def destination_health(self, since: float, limit: int = 10_000) -> HealthReport:
+        sql, params = health_query(POSTGRES, since, limit)
+        return health_report(await self._fetch(sql, *params), since, limit)
 
     # -- the audit trail -------------------------------------------------------------------------
 

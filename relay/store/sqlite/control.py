@@ -1,5 +1,5 @@
 """SQLite side of operator control over single deliveries and replays: retry now, resolve,
-discard, cancel a replay, list replays, and the audit trail.
+discard, cancel a replay, list replays, how destinations fare lately, and the audit trail.
 
 A mixin of ``SqliteStore``, like ``admin``: reads on the reader connection, each write its own
 short transaction on the writer.
@@ -22,6 +22,7 @@ from relay.model import (
 )
 from relay.store.base import Signal, SignalKind, Signals
 from relay.store.filters import SQLITE, waiting_count_query, waiting_ids_query
+from relay.store.health import HealthReport, health_query, health_report
 from relay.store.rows import DELIVERY_COLUMNS, REPLAY_COLUMNS, delivery_record, replay_record
 from relay.store.sqlite.writer import clock
 
@@ -138,6 +139,12 @@ class SqliteControlMixin:
         if cancelled:
             self.signals.emit(Signal(SignalKind.REPLAY, str(replay_id)))
         return cancelled
+
+    # -- how destinations fare -------------------------------------------------------------------
+
+    async def destination_health(self, since: float, limit: int = 10_000) -> HealthReport:
+        sql, params = health_query(SQLITE, since, limit)
+        return health_report(await self._read(sql, params), since, limit)
 
     # -- the audit trail -------------------------------------------------------------------------
 
