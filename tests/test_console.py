@@ -6,6 +6,7 @@ The browser flows (clicking through, hostile bodies staying inert) are in test_c
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from pathlib import Path
@@ -129,7 +130,12 @@ async def test_without_login_every_console_page_is_the_login_form(
             f"/console/events/{event_id}",
             f"/console/events/{event_id}/body",
             "/console/dead",
+            "/console/replays",
             "/console/replays/1",
+            "/console/replays/1/cancel",
+            "/console/deliveries/1",
+            "/console/discard?destination=crm",
+            "/console/audit",
             "/console/no-such-page",
         ):
             async with client.get(relay.admin_url(path)) as r:
@@ -277,6 +283,11 @@ async def test_state_changing_requests_without_the_csrf_token_are_refused(
             ("/console/destinations/crm/pause", {"csrf": session.csrf_token(b"k" * 32, "x")}),
             (f"/console/events/{event_id}/replay", {}),
             ("/console/replay", {"email": "csrf@example.com"}),
+            ("/console/replays/1/cancel", {}),
+            ("/console/deliveries/1/resolve", {"reason": "no token"}),
+            ("/console/deliveries/1/retry", {}),
+            ("/console/discard", {"destination": "crm"}),
+            ("/console/destinations/crm/reset", {}),
         ]
         for path, form in attempts:
             async with client.post(relay.admin_url(path), data=form, allow_redirects=False) as r:
@@ -293,6 +304,7 @@ async def test_state_changing_requests_without_the_csrf_token_are_refused(
         assert await store.paused_destinations() == frozenset()
         detail = await store.get_event(event_id)
         assert detail is not None and len(detail.deliveries) == 1
+        assert (await store.list_audit(10)).entries == ()  # nothing was done, by anyone
 
         async with client.post(
             relay.admin_url("/console/destinations/crm/pause"),
@@ -402,6 +414,35 @@ async def test_webhook_markup_is_escaped_in_every_page(
 
 
 # -- pure parts ------------------------------------------------------------------------------
+
+
+def test_a_delivery_problem_is_its_last_error_said_once() -> None:
+    dead = _dead(1, "crm", "HTTP 500: upstream down", 500).delivery
+    assert views.delivery_problem(dead) == "HTTP 500: upstream down"
+    assert views.delivery_problem(_dead(2, "crm", None, 503).delivery) == "HTTP 503"
+    pruned = dataclasses.replace(_dead(3, "crm", None, None).delivery, dead_reason="pruned")
+    assert views.delivery_problem(pruned) == "pruned"
+
+
+@pytest.mark.parametrize(
+    ("action", "target", "link"),
+    [("replay", "7", "/console/replays/7"), ("cancel", "7", "/console/replays/7"),
+     ("resolve", "12", "/console/deliveries/12"), ("retry", "12", "/console/deliveries/12"),
+     ("pause", "crm", "/console#destination-crm"), ("discard", None, None),
+     ("prune", None, None), ("resolve", "x", None)],
+)  # fmt: skip
+def test_audit_targets_link_to_what_they_name(
+    action: str, target: str | None, link: str | None
+) -> None:
+    assert views.audit_target(action, target) == link
+
+
+def test_an_actions_notice_is_not_part_of_the_address_it_returns_to() -> None:
+    query = {"destination": "crm", "done": "resolve", "delivery": "4", "cursor": "9"}
+    assert views.here("/console/dead", query) == "/console/dead?destination=crm&cursor=9"
+    assert views.with_notice("/console/dead", done="discard", n=3) == (
+        "/console/dead?done=discard&n=3"
+    )
 
 
 def test_templates_never_mark_webhook_data_as_markup() -> None:

@@ -2,7 +2,8 @@
 ``relay serve`` process with its admin address, and a real sink.
 
 Kept to a few decisive flows: a browser start costs seconds, so one Chromium and one relay serve
-the whole module. Screenshots go to tests/artifacts/console/ (README's two are copies).
+the whole module (each pytest worker's share of it). Each flow stands alone: it makes the
+events it needs and checks only what it did, in whatever order or worker it runs. Screenshots go to tests/artifacts/console/ (README's two are copies).
 
 Needs Debian's Chromium (``apt-get install -y chromium``; ``.ci/run`` installs it) and the
 ``playwright`` package from the test extra; without them these tests skip, saying so.
@@ -128,6 +129,16 @@ class Stack:
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
+    def admin_post(self, path: str, body: Any, operator: str) -> Any:
+        request = urllib.request.Request(
+            self.admin + path,
+            data=json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "X-Relay-Operator": operator},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
     def status(self, url: str) -> int:
         try:
             with urllib.request.urlopen(url, timeout=10) as response:
@@ -152,11 +163,13 @@ def _config(public: int, admin: int, sink: Sink, db: Path) -> str:
         port=public,
         inbounds=AUDIENCE_INBOUNDS + MANDRILL,
         extra=ADMIN_TABLE + f'listen = "127.0.0.1:{admin}"\n',
-        destinations=destination("crm", sink.url("/crm"), sources=["user", "mandrill"])
+        destinations=destination("crm", sink.url("/crm"), sources=["user"])
         + destination(
             "flaky", sink.url("/flaky"), sources=["admin"], format="json",
             retry={"max_attempts": 2, "max_delay": 0.1},
-        ),
+        )
+        # Gets only what is replayed to it, slowly: a replay to it runs long enough to cancel.
+        + destination("bulk", sink.url("/bulk"), sources=["backfill"], rate=0.2),
     )  # fmt: skip
 
 
@@ -333,7 +346,64 @@ def test_find_an_event_by_email_replay_it_and_pause_its_destination(
     poll(lambda: len(sent(stack.sink, "/crm", "bob@example.com")) == 1, "the held delivery")
 
 
-def test_dead_letters_replay_shows_the_dry_run_count_before_sending(
+def test_cancel_a_running_replay_then_discard_what_it_left_waiting(
+    watched: Watched, stack: Stack
+) -> None:
+    page = watched.page
+    for batch in range(2):  # more than a replay does inside its request (500)
+        events = [
+            {"event": "send", "ts": 1420303407, "_id": f"bulk-{batch}-{n}",
+             "msg": {"email": f"bulk{batch}.{n}@example.com"}}
+            for n in range(300)
+        ]  # fmt: skip
+        body = urlencode({"mandrill_events": json.dumps(events)}).encode()
+        assert stack.post("/hooks/mandrill", body) == 200
+    started = stack.admin_post(
+        "/admin/replay",
+        {"filter": {"inbound": "transactional"}, "destinations": ["bulk"]},
+        operator="bob",
+    )
+    replay_id = started["replay_id"]
+    assert started["state"] == "running"
+
+    log_in(page, stack)
+    page.get_by_role("link", name="Replays").click()
+    row = page.locator(f'tr[data-replay="{replay_id}"]')
+    expect(row).to_contain_text("running")
+    expect(row).to_contain_text("bob")
+    row.get_by_role("link", name=f"#{replay_id}").click()
+    page.get_by_role("link", name="Cancel this replay…").click()
+    # A confirmation first: what cancelling stops, and what it leaves.
+    expect(page.get_by_role("heading", name=f"Cancel replay #{replay_id}?")).to_be_visible()
+    assert stack.admin_get(f"/admin/replays/{replay_id}")["state"] == "running"
+    page.get_by_role("button", name=f"Cancel replay #{replay_id}").click()
+    expect(page.get_by_role("status").first).to_contain_text("Cancelled by console:alice")
+    expect(page.locator("#progress")).to_contain_text("cancelled")
+    assert stack.admin_get(f"/admin/replays/{replay_id}")["cancelled_by"] == "console:alice"
+
+    page.get_by_role("link", name="Discard its waiting deliveries…").click()
+    dry_run = page.locator("#dry-run")
+    expect(dry_run).to_contain_text("waiting deliveries match")
+    counted = int(dry_run.locator("strong").inner_text())
+    assert counted > 0
+    assert stack.admin_get(f"/admin/replays/{replay_id}")["discarded"] == 0  # counting dropped none
+    shot(page, "discard-dry-run")
+    page.get_by_role("button", name=f"Discard {counted} deliveries").click()
+    expect(page.get_by_role("status").first).to_contain_text("waiting deliveries: never sent")
+    # The outcome refreshes itself: nothing waits any more (one in flight finishes first).
+    expect(page.locator("#progress dd.waiting")).to_have_text("0", timeout=10_000)
+    shown = stack.admin_get(f"/admin/replays/{replay_id}")
+    assert shown["pending"] == 0 and counted - 2 <= shown["discarded"] <= counted
+    shot(page, "replay-cancelled")
+
+    # On the audit trail: bob started it, alice cancelled it and dropped what it left.
+    page.get_by_role("link", name="Audit trail").click()
+    for action, who in (("discard", "console:alice"), ("cancel", "console:alice")):
+        expect(page.locator(f'tr[data-action="{action}"]').first).to_contain_text(who)
+    expect(page.locator('tr[data-action="replay"]').first).to_contain_text("bob")
+
+
+def test_dead_letters_resolve_retry_and_replay_then_the_audit_trail_names_the_operator(
     watched: Watched, stack: Stack
 ) -> None:
     page = watched.page
@@ -347,29 +417,67 @@ def test_dead_letters_replay_shows_the_dry_run_count_before_sending(
         return len(page_["deliveries"])
 
     poll(lambda: dead() == 3, "three dead letters")
-    before = len(stack.sink.at("/flaky"))
     log_in(page, stack)
-    expect(page.locator("#destination-flaky")).to_contain_text("HTTP 500")
+    # From the store: the attempts of every relay process, with the last error.
+    expect(page.locator("#destination-flaky td.last-failure")).to_contain_text("HTTP 500")
+    expect(page.locator("#destination-flaky td.recent")).to_contain_text("0.0% 2xx")
     shot(page, "overview")
     page.get_by_role("link", name="Dead letters").click()
+    total = page.locator('h3[data-destination="flaky"] .dead-total')
+    expect(total).to_have_text("3 dead")
     expect(page.locator("table.groups").first).to_contain_text("HTTP 500")
-    expect(page.locator("table.groups td.num").first).to_have_text("3")
-    shot(page, "dead-letters")
-    page.get_by_role("link", name="Replay these dead letters to flaky").click()
-    expect(page.locator("#dry-run")).to_contain_text("Dry run: 3 events match")
-    expect(page.locator("#dry-run")).to_contain_text("flaky: 3")
-    shot(page, "dry-run")
-    assert len(stack.sink.at("/flaky")) == before  # counting sent nothing
 
+    # Resolve one by hand (it needs no replay): the dead count drops.
+    first = page.locator("table.dead tbody tr").first
+    first.get_by_label("Reason to resolve").fill("sent by hand")
+    first.get_by_role("button", name="Resolve").click()
+    expect(page.get_by_role("status").first).to_contain_text("console:alice: sent by hand")
+    expect(total).to_have_text("2 dead")
+    expect(page.locator("table.dead tbody tr")).to_have_count(2)
+    shot(page, "dead-letters")
+
+    # Retry one now: a new delivery, whose attempt appears on its event's timeline.
     stack.sink.on("/flaky", 200)
-    page.get_by_role("button", name="Replay 3 events").click()
+    before = len(stack.sink.at("/flaky"))
+    page.locator("table.dead tbody tr").first.get_by_role("button", name="Retry").click()
+    expect(page.get_by_role("status").first).to_contain_text("again as delivery")
+    flaky = page.locator('article.timeline[data-destination="flaky"]')
+    expect(flaky.locator(".delivery")).to_have_count(2)
+    expect(flaky.locator(".delivery").last.locator("tr.attempt")).to_contain_text(
+        "HTTP 200", timeout=10_000
+    )
+    expect(flaky.locator(".delivery").first.locator(".state-resolved")).to_be_visible()
+    page.emulate_media(color_scheme="dark")
+    shot(page, "event-retried")
+    page.emulate_media(color_scheme="light")
+    assert len(stack.sink.at("/flaky")) == before + 1
+
+    # "Replay these" counts the one dead letter left, not the resolved ones.
+    page.get_by_role("link", name="Dead letters").click()
+    expect(total).to_have_text("1 dead")
+    page.get_by_role("link", name="Replay these dead letters to flaky").click()
+    expect(page.locator("#dry-run")).to_contain_text("Dry run: 1 event matches")
+    expect(page.locator("#dry-run")).to_contain_text("flaky: 1")
+    shot(page, "dry-run")
+    assert len(stack.sink.at("/flaky")) == before + 1  # counting sent nothing
+    page.get_by_role("button", name="Replay 1 event").click()
     expect(page.get_by_role("heading", name="Replay #")).to_be_visible()
-    expect(page.locator("#progress")).to_contain_text("Deliveries created")
-    expect(page.locator("#progress dd").nth(1)).to_have_text("3")
-    for email in emails:
-        poll(lambda e=email: any(  # type: ignore[misc]
-            r.headers.get("X-Relay-Replay") == "1" for r in sent(stack.sink, "/flaky", e)
-        ), f"the replay of {email}")  # fmt: skip
+    expect(page.locator("#progress dd.created")).to_have_text("1")
+    expect(page.locator("#progress dd.delivered")).to_have_text("1", timeout=10_000)
+    poll(lambda: len(stack.sink.at("/flaky")) == before + 2, "the replayed dead letter")
+    assert dead() == 0
+
+    # The audit trail: every action above, with who did it.
+    page.get_by_role("link", name="Audit trail").click()
+    for action in ("replay", "retry", "resolve"):
+        expect(page.locator(f'tr[data-action="{action}"]').first).to_contain_text(
+            "console:alice"
+        )
+    shot(page, "audit")
+    page.get_by_label("Action").select_option("resolve")
+    page.get_by_role("button", name="Show").click()
+    expect(page.locator("table.audit tbody tr")).to_have_count(1)
+    expect(page.locator("table.audit tbody tr")).to_contain_text("sent by hand")
 
 
 HOSTILE = {

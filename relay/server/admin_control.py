@@ -26,6 +26,7 @@ from relay.server.admin_json import (
     parse_flag,
     parse_id,
     parse_limit,
+    parse_reason,
     replay_json,
     replay_summary_json,
 )
@@ -36,7 +37,6 @@ from relay.store import Store
 _DELIVERY_KEYS = ("destination", "replay", "state")
 _EVENT_KEYS = tuple(k for k in FILTER_KEYS if k not in ("state", "destination"))
 DISCARDABLE = (DeliveryState.PENDING, DeliveryState.PAUSED)
-MAX_REASON = 500
 
 
 class AdminControl:
@@ -108,14 +108,8 @@ class AdminControl:
 
     async def resolve(self, request: web.Request) -> web.Response:
         body = parse_body(await request.read(), {"reason"})
-        reason = body.get("reason")
-        if reason is not None and (not isinstance(reason, str) or not reason.isprintable()):
-            raise BadRequestError("reason: expected one line of text")
-        if reason is not None and len(reason) > MAX_REASON:
-            raise BadRequestError(f"reason: at most {MAX_REASON} characters")
-        delivery = await self.control.resolve(
-            _path_id(request, "delivery"), actor(request), reason or None
-        )
+        reason = parse_reason(body.get("reason"))
+        delivery = await self.control.resolve(_path_id(request, "delivery"), actor(request), reason)
         return json_response({"delivery": delivery_json(delivery)})
 
     async def discard(self, request: web.Request) -> web.Response:

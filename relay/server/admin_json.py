@@ -185,6 +185,24 @@ def check_keys(given: Collection[str], known: Collection[str], what: str = "key"
         raise BadRequestError(f"unknown {what} {unknown[0]!r} ({accepted})")
 
 
+MAX_REASON = 500
+
+
+def parse_reason(value: Any) -> str | None:
+    """Why an operator resolved a delivery: one line of printable text, or None when not given.
+
+    >>> parse_reason("  fixed by hand  ")
+    'fixed by hand'
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.isprintable():
+        raise BadRequestError("reason: expected one line of text")
+    if len(value) > MAX_REASON:
+        raise BadRequestError(f"reason: at most {MAX_REASON} characters")
+    return value.strip() or None
+
+
 def parse_names(value: Any, key: str = "destinations") -> tuple[str, ...]:
     if value is None:
         return ()

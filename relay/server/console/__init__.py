@@ -6,6 +6,9 @@
 
 Pages are plain HTML forms and links, so every page works without JavaScript; a vendored htmx
 (static/htmx.min.js) only refreshes a delivery timeline or a replay's progress while they move.
+Every action that changes something (replay, cancel, pause, resume, reset, resolve, retry,
+discard) is a CSRF-checked form that calls the Control method the admin API calls, with the
+logged-in operator, so the audit trail says who did it; bulk ones show a dry run first.
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ from aiohttp import web
 from relay.obs.metrics import Metrics
 from relay.server.console.access import PREFIX, Access
 from relay.server.console.actions import Actions
-from relay.server.console.deps import Capabilities, ConsoleDeps
+from relay.server.console.control_pages import ControlPages
+from relay.server.console.deps import ConsoleDeps
 from relay.server.console.pages import Pages
 from relay.server.console.render import asset_version, environment, load_static
+from relay.server.console.replay_pages import ReplayPages
 from relay.server.control import Control
 from relay.store import Store
 
-__all__ = ["Capabilities", "Console"]
+__all__ = ["Console"]
 
 
 class Console:
@@ -41,24 +46,32 @@ class Console:
         )
         self.access = Access(deps)
         self.pages = Pages(deps)
+        self.replay_pages = ReplayPages(deps)
+        self.control_pages = ControlPages(deps)
         self.actions = Actions(deps)
 
     def middleware(self) -> Any:
         return self.access.middleware()
 
     def routes(self) -> list[web.RouteDef]:
-        p, a, access = self.pages, self.actions, self.access
+        p, r, c, a, access = (
+            self.pages, self.replay_pages, self.control_pages, self.actions, self.access
+        )
         page = {
             "": p.overview,
             "/events": p.events,
             "/events/{id}": p.event,
             "/events/{id}/deliveries": p.event_deliveries,
             "/events/{id}/body": p.event_body,
+            "/deliveries/{id}": p.delivery,
             "/dead": p.dead,
-            "/replay": p.replay_preview,
-            "/replays": p.replays,
-            "/replays/{id}": p.replay,
-            "/replays/{id}/progress": p.replay_progress,
+            "/replay": r.preview,
+            "/replays": r.replays,
+            "/replays/{id}": r.replay,
+            "/replays/{id}/progress": r.progress,
+            "/replays/{id}/cancel": r.confirm_cancel,
+            "/discard": c.discard_preview,
+            "/audit": c.audit,
         }
         action = {
             "/logout": access.logout,
@@ -67,6 +80,10 @@ class Console:
             "/destinations/{name}/pause": a.pause,
             "/destinations/{name}/resume": a.resume,
             "/destinations/{name}/reset": a.reset,
+            "/replays/{id}/cancel": a.cancel_replay,
+            "/deliveries/{id}/resolve": a.resolve,
+            "/deliveries/{id}/retry": a.retry,
+            "/discard": a.discard,
         }
         return [
             web.get(PREFIX + "/login", access.show_login, allow_head=False),

@@ -19,7 +19,12 @@ from relay.server.auth import admin_auth_problem, admin_token_problem
 from relay.server.console import session
 from relay.server.console.deps import Auth, ConsoleDeps
 from relay.server.console.render import html, redirect, secure
-from relay.server.control import UnknownDestinationError
+from relay.server.control import (
+    ConflictError,
+    NoBreakerError,
+    NotFoundError,
+    UnknownDestinationError,
+)
 from relay.store import StoreError
 
 log = logging.getLogger("relay.console")
@@ -103,9 +108,12 @@ class Access:
             try:
                 return await handler(request)
             except BadRequestError as exc:
-                return self.error(request, auth, 400, str(exc))
-            except UnknownDestinationError as exc:
-                return self.error(request, auth, 404, f"{exc}.")
+                return await self.refused(request, auth, 400, str(exc))
+            except (UnknownDestinationError, NotFoundError) as exc:
+                return await self.refused(request, auth, 404, str(exc))
+            except (ConflictError, NoBreakerError) as exc:
+                # What Control says cannot be done now, and why, as the admin API's 409 says it.
+                return await self.refused(request, auth, 409, str(exc))
             except StoreError as exc:
                 return self.error(request, auth, 503, f"Storage is unavailable: {exc}")
             except web.HTTPNotFound:
@@ -114,6 +122,16 @@ class Access:
                 return self.error(request, auth, 405, f"{request.method} is not allowed here.")
 
         return guard
+
+    async def refused(
+        self, request: web.Request, auth: Auth, status: int, reason: str
+    ) -> web.Response:
+        """An action or page that could not be done: its reason as a sentence, and a link back
+        to the page its form was on (its ``back`` field), else to the overview."""
+        back = None
+        if request.method not in SAFE_METHODS:
+            back = session.safe_next(str((await request.post()).get("back", "")))
+        return self.deps.error(auth, status, sentence(reason), back)
 
     def authed(self, handler: AuthedHandler) -> Handler:
         """A route handler that gets the request's operator (the guard has let it through)."""
@@ -129,8 +147,7 @@ class Access:
     def error(
         self, request: web.Request, auth: Auth | None, status: int, message: str
     ) -> web.Response:
-        context = self.deps.context(auth, "", status=status, message=message)
-        return html(self.deps.env, "error.html", context, status)
+        return self.deps.error(auth, status, message)
 
     # -- login and logout --------------------------------------------------------------------
 
@@ -223,6 +240,19 @@ class Access:
         response = redirect(LOGIN)
         response.del_cookie(session.SESSION_COOKIE, path=PREFIX)
         return response
+
+
+def sentence(reason: str) -> str:
+    """A one-line reason from Control or a parser, as a sentence on a page.
+
+    >>> sentence("delivery 7 is being sent right now")
+    'Delivery 7 is being sent right now.'
+    """
+    text = reason.strip()
+    if not text:
+        return "That could not be done."
+    text = text[0].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
 
 
 _CSRF_REFUSED = (

@@ -1,42 +1,36 @@
-"""What the console's handlers share: the relay's parts they call, templates, and what is wired."""
+"""What the console's handlers share: the relay's parts they call, templates, and how a page is
+rendered (errors included)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import jinja2
+from aiohttp import web
 
 from relay.config import Settings
 from relay.obs.metrics import Metrics
-from relay.server.control import Control
+from relay.server.console.notices import action_notice
+from relay.server.console.render import html
+from relay.server.control import Actor, Control
 from relay.store import Store
-
-
-@dataclass(frozen=True, slots=True)
-class Capabilities:
-    """Operator controls the console shows. The templates hold the places for the ones that
-    wait on operator-control features (replay list and cancel, resolve, discard, retry now, the
-    audit trail); each turns on when its handler is wired to the Control method behind it."""
-
-    list_replays: bool = False
-    cancel_replay: bool = False
-    resolve: bool = False
-    discard: bool = False
-    retry_now: bool = False
-    audit: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Auth:
     """Who is using the console in this request, and the CSRF token their forms carry."""
 
-    operator: str  # recorded with every action (a replay's requested_by)
+    operator: str  # recorded with every action (a replay's requested_by, the audit trail)
     name: str  # shown in the header
     sid: str
     csrf: str
     via: str  # "session" or "bearer"
+
+    def actor(self, request: web.Request) -> Actor:
+        """The operator as Control records them: this name, from the client's address."""
+        return Actor(self.operator, request.remote)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +41,6 @@ class ConsoleDeps:
     ready: Callable[[], Awaitable[tuple[bool, str]]]
     env: jinja2.Environment
     asset_version: str
-    can: Capabilities = field(default_factory=Capabilities)
 
     @property
     def settings(self) -> Settings:
@@ -57,11 +50,30 @@ class ConsoleDeps:
 
     def context(self, auth: Auth | None, section: str, **values: Any) -> dict[str, Any]:
         """The values every page template gets, plus the page's own."""
-        return {
-            "auth": auth,
-            "section": section,
-            "asset": self.asset_version,
-            "can": self.can,
-            "notice": None,
-            **values,
-        }
+        return {"auth": auth, "section": section, "asset": self.asset_version, "notice": None,
+                **values}  # fmt: skip
+
+    def page(
+        self, auth: Auth | None, template: str, section: str, status: int = 200, **values: Any
+    ) -> web.Response:
+        return html(self.env, template, self.context(auth, section, **values), status)
+
+    async def show(
+        self,
+        request: web.Request,
+        auth: Auth,
+        template: str,
+        section: str,
+        status: int = 200,
+        **values: Any,
+    ) -> web.Response:
+        """A page, with the notice of the action that redirected to it (if one did)."""
+        names = [d.name for d in self.settings.destinations]
+        notice = await action_notice(self.store, request.query, names)
+        return self.page(auth, template, section, status, notice=notice, **values)
+
+    def error(
+        self, auth: Auth | None, status: int, message: str, back: str | None = None
+    ) -> web.Response:
+        """A page that says in one line why something was not done, with a way back."""
+        return self.page(auth, "error.html", "", status, code=status, message=message, back=back)

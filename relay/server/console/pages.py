@@ -1,5 +1,6 @@
-"""The console's pages (GET only, nothing changes): overview, events, one event, dead letters,
-replays, and the dry run that comes before a bulk replay.
+"""The console's pages (GET only, nothing changes): overview, events, one event and its
+deliveries, dead letters. Replays are in ``replay_pages``, discard and the audit trail in
+``control_pages``.
 
 Every read goes through the same Store and Control calls as the admin API, and filters are read
 by the admin API's own parser, so the console and ``/admin`` always agree on what matches.
@@ -7,9 +8,9 @@ by the admin API's own parser, so the console and ``/admin`` always agree on wha
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from aiohttp import web
@@ -22,22 +23,22 @@ from relay.server.admin_json import (
     EVENTS_CURSOR,
     FILTER_KEYS,
     BadRequestError,
-    filter_json,
     parse_cursor,
     parse_filter,
     parse_id,
-    parse_names,
 )
 from relay.server.console import views
 from relay.server.console.deps import Auth, ConsoleDeps
-from relay.server.console.render import html, redirect
-from relay.server.control import ReplayRequest
+from relay.server.console.render import redirect
 
 EVENTS_PER_PAGE = 50
 DEAD_PER_PAGE = 50
 # Dead letters are grouped over at most this many of the newest (the admin API's largest page).
 DEAD_GROUPED = 1000
 RATE_WINDOW = 3600.0
+# The overview's recent attempts: this long back, at most this many (the newest) of them.
+HEALTH_WINDOW = 3600.0
+HEALTH_ATTEMPTS = 10_000
 REQUEST_OUTCOMES = ("accepted", "validation", "rejected_auth", "too_large", "store_error")
 
 
@@ -50,24 +51,14 @@ class Pages:
     def __init__(self, deps: ConsoleDeps) -> None:
         self.deps = deps
 
-    def _page(
-        self, auth: Auth, template: str, section: str, status: int = 200, **values: Any
-    ) -> web.Response:
-        context = self.deps.context(auth, section, **values)
-        return html(self.deps.env, template, context, status)
-
     # -- overview ----------------------------------------------------------------------------
 
     async def overview(self, request: web.Request, auth: Auth) -> web.Response:
         deps = self.deps
         now = time.time()
         statuses = await deps.control.destinations()
-        names = [s.name for s in statuses]
-        shares = views.attempt_shares(views.counter_totals(deps.metrics.attempts), names)
-        latest_dead = {}
-        for name in names:
-            page = await deps.store.list_deliveries(DeliveryState.DEAD, name, 1)
-            latest_dead[name] = page.deliveries[0] if page.deliveries else None
+        # From the store: every process's attempts, not only this one's since it started.
+        health = await deps.store.destination_health(now - HEALTH_WINDOW, HEALTH_ATTEMPTS)
         ready, reason = await deps.ready()
         requests = views.counter_totals(deps.metrics.requests)
         events = views.counter_totals(deps.metrics.events)
@@ -85,20 +76,19 @@ class Pages:
                     "events": int(sum(v for k, v in events.items() if k[0] == i.name)),
                 }
             )
-        return self._page(
+        return await self.deps.show(
+            request,
             auth,
             "overview.html",
             "overview",
             destinations=statuses,
-            shares=shares,
-            latest_dead=latest_dead,
+            health=health,
+            health_limit=HEALTH_ATTEMPTS,
             now=now,
             ready=ready,
             ready_reason=reason,
             inbounds=inbounds,
             outcomes=REQUEST_OUTCOMES,
-            notice=_action_notice(request.query, set(names)),
-            problem_of=views.delivery_problem,
         )
 
     # -- events ------------------------------------------------------------------------------
@@ -124,12 +114,12 @@ class Pages:
             cursor = parse_cursor(query.get("cursor"), EVENTS_CURSOR)
         except BadRequestError as exc:
             values.update(problem=str(exc), filtered=False)
-            return self._page(auth, "events.html", "events", 400, **values)
+            return await self.deps.show(request, auth, "events.html", "events", 400, **values)
         page = await self.deps.store.list_events(where, EVENTS_PER_PAGE, cursor)
         values["events"] = page.events
         if page.next_cursor is not None:
             values["next_query"] = {**given, "cursor": str(page.next_cursor)}
-        return self._page(auth, "events.html", "events", **values)
+        return await self.deps.show(request, auth, "events.html", "events", **values)
 
     async def _detail(self, request: web.Request) -> EventDetail:
         detail = await self.deps.store.get_event(request.match_info["id"])
@@ -162,7 +152,8 @@ class Pages:
         replay_id = parse_id(request.query.get("replay", ""))
         if replay_id is not None:
             notice = await self.deps.store.get_replay(replay_id)
-        return self._page(
+        return await self.deps.show(
+            request,
             auth,
             "event.html",
             "events",
@@ -180,20 +171,21 @@ class Pages:
             timelines=views.timelines(detail.deliveries),
             polling=views.any_unfinished(detail.deliveries),
             replayed=notice,
-            problem_of=views.delivery_problem,
+            here=f"/console/events/{quote(e.id)}",
         )
 
     async def event_deliveries(self, request: web.Request, auth: Auth) -> web.Response:
         """The timelines alone: what the event page polls (htmx) while a delivery is unfinished."""
         detail = await self._detail(request)
-        return self._page(
+        return await self.deps.show(
+            request,
             auth,
             "_deliveries.html",
             "events",
             e=detail.event,
             timelines=views.timelines(detail.deliveries),
             polling=views.any_unfinished(detail.deliveries),
-            problem_of=views.delivery_problem,
+            here=f"/console/events/{quote(detail.event.id)}",
         )
 
     async def event_body(self, request: web.Request, auth: Auth) -> web.StreamResponse:
@@ -229,101 +221,27 @@ class Pages:
             next_query = {"cursor": str(rows[-1].delivery.id)}
             if destination:
                 next_query["destination"] = destination
-        totals = {s.name: s.stats.dead for s in await self.deps.control.destinations()}
-        return self._page(
+        statuses = {s.name: s for s in await self.deps.control.destinations()}
+        return await self.deps.show(
+            request,
             auth,
             "dead.html",
             "dead",
             destination=destination,
-            totals=totals,
+            statuses=statuses,
             grouped=views.dead_groups(newest.deliveries),
             grouped_of=len(newest.deliveries),
             grouped_all=newest.next_cursor is None,
             rows=rows,
             next_query=next_query,
-            problem_of=views.delivery_problem,
+            here=views.here(request.path, request.query),
         )
 
-    # -- replays -----------------------------------------------------------------------------
-
-    async def replay_preview(self, request: web.Request, auth: Auth) -> web.Response:
-        """The dry run of a bulk replay, and the form that confirms it."""
-        query = request.query
-        try:
-            where = parse_filter(query, ignore=frozenset({"to"}))
-            to = parse_names(query.getall("to", []) or None)
-        except BadRequestError as exc:
-            return self._page(auth, "replay_preview.html", "events", 400, problem=str(exc))
-        if where == EventFilter():
-            return self._page(auth, "replay_preview.html", "events", 400, problem=NO_FILTER)
-        # The confirmation replays what was counted: events received after this page are
-        # live traffic, not part of it.
-        now = time.time()
-        pinned = dataclasses.replace(where, until=min(where.until or now, now))
-        outcome = await self.deps.control.replay(
-            ReplayRequest(pinned, to, auth.operator, filter_json(pinned), dry_run=True)
-        )
-        return self._page(
-            auth,
-            "replay_preview.html",
-            "events",
-            problem=None,
-            outcome=outcome,
-            fields=orjson.loads(filter_json(pinned)),
-            to=to,
-        )
-
-    async def replays(self, request: web.Request, auth: Auth) -> web.Response:
-        text = request.query.get("id", "").strip().lstrip("#")
-        if text:
-            number = parse_id(text)
-            if number is not None:
-                return redirect(f"/console/replays/{number}")
-            return self._page(
-                auth, "replays.html", "replays", 400, problem=f"{text!r} is not a replay number."
-            )
-        return self._page(auth, "replays.html", "replays", problem=None)
-
-    async def _replay(self, request: web.Request) -> Any:
+    async def delivery(self, request: web.Request, auth: Auth) -> web.Response:
+        """One delivery: its place in its event's timeline (audit entries and the overview
+        name deliveries by id)."""
         number = parse_id(request.match_info["id"])
-        record = await self.deps.store.get_replay(number) if number is not None else None
-        if record is None:
+        found = await self.deps.store.get_delivery(number) if number is not None else None
+        if found is None:
             raise web.HTTPNotFound()
-        return record
-
-    async def replay(self, request: web.Request, auth: Auth) -> web.Response:
-        record = await self._replay(request)
-        return self._page(
-            auth,
-            "replay.html",
-            "replays",
-            r=record,
-            filter=views.pretty_json(orjson.loads(record.filter)),
-        )
-
-    async def replay_progress(self, request: web.Request, auth: Auth) -> web.Response:
-        record = await self._replay(request)
-        return self._page(auth, "_replay_progress.html", "replays", r=record)
-
-
-NO_FILTER = (
-    "Choose at least one filter: replaying every stored event is something to ask for on "
-    "purpose (the CLI's relay replay --since 1970-01-01 does it)."
-)
-
-
-def _action_notice(query: Any, names: set[str]) -> str | None:
-    """The line that reports a pause, resume or reset after its redirect (built here, never taken
-    from the URL, so a crafted link cannot put words on the page)."""
-    name, done, count = query.get("name", ""), query.get("done", ""), parse_id(query.get("n", ""))
-    if name not in names or count is None:
-        return None
-    if done == "pause":
-        return f"Paused {name}: {count} pending deliveries held until it is resumed."
-    if done == "resume":
-        return f"Resumed {name}: {count} held deliveries are due now."
-    if done == "reset":
-        if count:
-            return f"Closed the circuit of {name}: its waiting deliveries go out again."
-        return f"The circuit of {name} was not open; its failure count starts again."
-    return None
+        return redirect(f"/console/events/{quote(found.event_id)}#delivery-{found.id}")

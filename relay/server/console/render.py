@@ -18,7 +18,7 @@ import jinja2
 from aiohttp import web
 
 from relay.model import iso_utc
-from relay.server.console.views import age_text
+from relay.server.console.views import age_text, delivery_problem
 
 # No inline script or style anywhere, no plugins, no framing, forms only to relay itself, and
 # nothing loaded from another origin: an <img src=x onerror=...> that slipped through escaping
@@ -101,7 +101,7 @@ def environment() -> jinja2.Environment:
     )
     env.filters.update(
         {"iso": iso_utc, "age_since": _age_since, "age": age_text, "ms": _duration_ms,
-         "size": _size}
+         "size": _size, "problem": delivery_problem}
     )  # fmt: skip
     return env
 

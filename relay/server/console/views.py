@@ -6,14 +6,15 @@ template prints; templates then only loop and escape.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 from prometheus_client import Counter
 
-from relay.model import DeliveryListing, DeliveryRecord, DeliveryState
+from relay.model import AuditAction, DeliveryListing, DeliveryRecord, DeliveryState, ReplayRecord
 
 # A body larger than this is shown cut short (the download link gives the exact bytes): a
 # 10 MB webhook would otherwise make a page the browser struggles to lay out.
@@ -51,13 +52,29 @@ def pretty_json(data: Any) -> str:
 
 
 def delivery_problem(d: DeliveryRecord) -> str:
-    """Why a delivery stopped (or is being retried), in one line: its last status and error."""
-    parts = []
-    if d.last_status is not None and not 200 <= d.last_status < 300:
-        parts.append(f"HTTP {d.last_status}")
+    """What a delivery's last attempt got, in one line ("HTTP 500: upstream down", "cannot
+    connect: ..."); why it was given up when no attempt got anything (its event was pruned)."""
     if d.last_error:
-        parts.append(d.last_error)
-    return ": ".join(parts)
+        return d.last_error
+    if d.last_status is not None and not 200 <= d.last_status < 300:
+        return f"HTTP {d.last_status}"
+    return d.dead_reason or ""
+
+
+# Query parameters that carry an action's notice: not part of a page's own address.
+NOTICE_KEYS = frozenset({"done", "n", "name", "delivery", "new"})
+
+
+def here(path: str, query: Mapping[str, str]) -> str:
+    """A page's address without the notice of the action that led to it: where an action's
+    form returns to."""
+    kept = [(k, v) for k, v in query.items() if k not in NOTICE_KEYS]
+    return f"{path}?{urlencode(kept)}" if kept else path
+
+
+def with_notice(target: str, **values: str | int) -> str:
+    """``target`` (a console address) with an action's notice parameters added."""
+    return target + ("&" if "?" in target else "?") + urlencode(values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,26 +138,48 @@ def counter_totals(counter: Counter) -> dict[tuple[str, ...], float]:
     return totals
 
 
-@dataclass(frozen=True, slots=True)
-class AttemptShare:
-    attempts: int
-    succeeded: int
+def replay_outcome(r: ReplayRecord) -> list[tuple[str, dict[str, int]]]:
+    """What became of a replay's deliveries, per destination: created, delivered, dead,
+    waiting (pending, delivering or paused) and discarded."""
+    rows: dict[str, dict[str, int]] = {}
+    for destination, state, n in r.counts:
+        row = rows.setdefault(destination, dict.fromkeys(OUTCOME_COLUMNS, 0))
+        row["created"] += n
+        column = "waiting" if state in UNFINISHED else state.value
+        if column in row:
+            row[column] += n
+    return sorted(rows.items())
 
-    @property
-    def percent(self) -> float | None:
-        return 100.0 * self.succeeded / self.attempts if self.attempts else None
+
+OUTCOME_COLUMNS = ("created", "delivered", "dead", "waiting", "discarded")
 
 
-def attempt_shares(
-    totals: dict[tuple[str, ...], float], names: Iterable[str]
-) -> dict[str, AttemptShare]:
-    """Per destination: attempts since start, and how many got a 2xx."""
-    out: dict[str, AttemptShare] = {}
-    for name in names:
-        attempts = sum(v for (dest, _), v in totals.items() if dest == name)
-        ok = totals.get((name, "2xx"), 0.0)
-        out[name] = AttemptShare(int(attempts), int(ok))
-    return out
+def audit_target(action: str, target: str | None) -> str | None:
+    """Where an audit entry's target is shown in the console, if anywhere."""
+    if target is None:
+        return None
+    if action in (AuditAction.REPLAY, AuditAction.CANCEL) and target.isdigit():
+        return f"/console/replays/{target}"
+    if action in (AuditAction.RESOLVE, AuditAction.RETRY) and target.isdigit():
+        return f"/console/deliveries/{target}"
+    if action in (AuditAction.PAUSE, AuditAction.RESUME, AuditAction.RESET, AuditAction.DISCARD):
+        return f"/console#destination-{target}"
+    return None
+
+
+def audit_detail(detail: str) -> list[tuple[str, str]]:
+    """An audit entry's parameters and effect as (name, value) pairs, each value one line."""
+    try:
+        data = orjson.loads(detail)
+    except orjson.JSONDecodeError:
+        return [("detail", detail)]
+    if not isinstance(data, dict):
+        return [("detail", detail)]
+    return [
+        (str(k), v if isinstance(v, str) else orjson.dumps(v).decode())
+        for k, v in data.items()
+        if v not in (None, [], {})
+    ]
 
 
 def age_text(seconds: float | None) -> str:
