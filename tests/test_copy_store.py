@@ -231,6 +231,9 @@ async def assert_same_stores(source: Store, target: Store) -> None:
     assert replay is not None and await target.get_replay(1) == replay
     assert await target.paused_destinations() == await source.paused_destinations() == {"dw"}
     assert await target.destination_stats() == await source.destination_stats()
+    # Each inbound's quota usage is counted again from what was copied.
+    usage = await source.inbound_usage()
+    assert usage and await target.inbound_usage() == usage
     # A circuit open in the source is open in the copy, its probe schedule kept.
     gates = await source.gate_states()
     assert gates["down"].open and await target.gate_states() == gates

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.config import checks, limits
+from relay.config.capacity import capacity_problems
 from relay.config.schema import (
     CONTROL_CHARS,
     AdminConfig,
@@ -118,13 +119,9 @@ class _Reader(TreeWalker):
         self.unique(raw, "inbound", "name")
         self.unique(raw, "inbound", "path")
         self.unique(raw, "destination", "name")
-        largest = max((i.max_body_bytes for i in inbounds), default=0)
-        if largest > server.max_inflight_bytes:
-            self.fail(
-                "server.max_inflight_bytes",
-                f"must be at least the largest max_body_bytes ({largest}), or such a body could"
-                " never be taken",
-            )
+        for problem in capacity_problems(server, storage, inbounds):
+            report = self.warn if problem.warning else self.fail
+            report(problem.key, problem.reason)
         if self.problems:
             return None
         return Settings(
@@ -261,6 +258,7 @@ class _Reader(TreeWalker):
                 "auth_password",
                 "bearer_token",
                 "max_body_bytes",
+                "quota_mb",
             },
         )
         before = len(self.problems)
@@ -294,6 +292,7 @@ class _Reader(TreeWalker):
                 default_body_limit(kind_value, server_limit),
                 checks.positive,
             ),
+            quota_mb=self.get(raw, p, "quota_mb", float, 0.0, checks.positive) or None,
         )
         if inbound.kind is InboundKind.JOURNEY and not (
             inbound.event_type or inbound.event_type_header

@@ -129,6 +129,8 @@ class InboundConfig:
     bearer_token: str | None = None
     # Larger bodies get 413; the reader fills in default_body_limit() when the TOML sets none.
     max_body_bytes: int = SMALL_BODY_LIMIT
+    # This inbound's share of the store, in MB of requests stored; past it, 503 for it alone.
+    quota_mb: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

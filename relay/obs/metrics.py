@@ -38,6 +38,7 @@ REQUEST_OUTCOMES = (
     "unsupported",
     "overloaded",
     "aborted",
+    "over_quota",
     "store_error",
 )
 # Why relay_connections_rejected_total counted a connection; each series exists from the start.
@@ -190,6 +191,18 @@ class Metrics:
             "as accepted), fd_exhausted (accept failed for lack of file descriptors), "
             "header_timeout (no complete headers within header_timeout).",
             ["reason"],
+            registry=r,
+        )
+        self.inbound_stored = Gauge(
+            "relay_inbound_stored_bytes",
+            "Bytes of requests (bodies and headers) stored for each inbound: what quota_mb caps.",
+            ["inbound"],
+            registry=r,
+        )
+        self.inbound_quota = Gauge(
+            "relay_inbound_quota_bytes",
+            "Each inbound's quota_mb in bytes (inbounds with a quota only).",
+            ["inbound"],
             registry=r,
         )
         self.inflight_bytes = Gauge(

@@ -29,6 +29,7 @@ from relay.server.inbound_routes import InboundRoutes
 from relay.server.ingest import Ingest
 from relay.server.listener import ConnectionGate, connection_middleware
 from relay.server.memory import HeapTrimmer, trim_loop
+from relay.server.quotas import Quotas
 from relay.server.reload import ConfigReloader
 from relay.store import Store, StoreError, create_store
 
@@ -65,7 +66,8 @@ class Relay:
         self.budget = InflightBudget(settings.server.max_inflight_bytes)
         metrics.inflight_bytes.set_function(lambda: self.budget.in_use)
         self.trimmer = HeapTrimmer(self.budget)
-        self.ingest = Ingest(settings, store, metrics, self.budget)
+        self.quotas = Quotas(settings, store, metrics)
+        self.ingest = Ingest(settings, store, metrics, self.budget, self.quotas)
         self.inbound_routes = InboundRoutes(self.ingest)
         self._last_write_ok = 0.0
 
@@ -84,6 +86,7 @@ class Relay:
         # No await from here to the end of the swap: a request sees all of the old
         # configuration or all of the new.
         self.ingest.apply(new)
+        self.quotas.apply(new)
         self.inbound_routes.rebuild()
         self.control.apply(new)
         self.settings = new
@@ -221,6 +224,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(_stats_loop(relay), name="relay-stats"),
         asyncio.create_task(_flush_loop(), name="relay-log-flush"),
         asyncio.create_task(trim_loop(relay.trimmer), name="relay-heap-trim"),
+        asyncio.create_task(relay.quotas.run(), name="relay-quotas"),
     ]
     await relay.control.start()
     try:

@@ -30,6 +30,7 @@ from relay.server.body import (
     OverBudgetError,
     read_body,
 )
+from relay.server.quotas import Quotas
 from relay.store import Store, StoreError
 
 log = logging.getLogger("relay.ingest")
@@ -69,12 +70,18 @@ class Ingest:
     """The inbound endpoints of one relay: one route per configured inbound path."""
 
     def __init__(
-        self, settings: Settings, store: Store, metrics: Metrics, budget: InflightBudget
+        self,
+        settings: Settings,
+        store: Store,
+        metrics: Metrics,
+        budget: InflightBudget,
+        quotas: Quotas,
     ) -> None:
         self.settings = settings
         self.store = store
         self.metrics = metrics
         self.budget = budget
+        self.quotas = quotas
         self._parse_lock = asyncio.Lock()
         self._hot = self._series(settings)
 
@@ -138,6 +145,14 @@ class Ingest:
             inbound, request.query.get("secret"), request.headers.get("Authorization")
         ):
             return self._reject(inbound, "rejected_auth", 401, "invalid or missing secret", request)
+        if self.quotas.over(inbound):
+            # Said before the body is read: it would not be stored. Other inbounds go on.
+            response = self._reject(
+                inbound, "over_quota", 503,
+                f"inbound {inbound.name} has used its storage quota, retry later", request,
+            )  # fmt: skip
+            response.force_close()
+            return response
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
             # aiohttp would decompress it, and the stored bytes would no longer be those sent;
@@ -250,6 +265,7 @@ class Ingest:
                 inbound, "store_error", 503, f"storage unavailable, retry later ({exc})", request
             )
         elapsed = time.perf_counter() - t0
+        self.quotas.stored(inbound, raw)
         accepted, duration = self._hot[inbound.name]
         accepted.inc()
         duration.observe(elapsed)

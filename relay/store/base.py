@@ -387,6 +387,11 @@ class Archive(abc.ABC):
     # -- pause and retention ------------------------------------------------------------------
 
     @abc.abstractmethod
+    async def inbound_usage(self) -> dict[str, int]:
+        """Bytes stored per inbound (bodies and headers, ``rules.stored_size``): what quotas
+        compare; kept in the transactions that store and prune requests."""
+
+    @abc.abstractmethod
     async def paused_destinations(self) -> frozenset[str]:
         """Names of destinations currently paused."""
 

@@ -270,6 +270,11 @@ class BulkStore(abc.ABC):
         """Insert rows, or overwrite the rows with their keys, in one transaction."""
 
     @abc.abstractmethod
+    async def recount_usage(self) -> None:
+        """Count again what each inbound's requests take (its quota's usage), from the requests
+        the store holds: after a copy, that is exactly what was copied."""
+
+    @abc.abstractmethod
     async def holds_history(self) -> bool:
         """Whether any history table has a row."""
 

@@ -291,6 +291,7 @@ async def copy_store(
                     progress.note(f"{table.name}: {left_out} row(s) left out: {table.left_out}")
             done, inserted = await copy.copy_table(table, total)
             counts.append(TableCount(table.name, total, done, inserted, left_out))
+        await target.recount_usage()
         for table in STATE:
             rows = [normalize_row(table, row) for row in await source.all_rows(table)]
             await target.replace_rows(table, rows)

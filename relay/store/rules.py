@@ -20,6 +20,12 @@ ERROR_BODY_CHARS = 200
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
+def stored_size(body: bytes, headers_json: str) -> int:
+    """What a request counts against its inbound's quota: its body and its headers as stored
+    (the bulk of what it takes; the same sum the migrations backfill with)."""
+    return len(body) + len(headers_json.encode("utf-8"))
+
+
 def initial_state(destination: str, paused: Collection[str]) -> DeliveryState:
     """A new delivery waits as paused while its destination is paused, else it is due now."""
     return DeliveryState.PAUSED if destination in paused else DeliveryState.PENDING

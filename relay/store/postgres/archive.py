@@ -106,6 +106,9 @@ class PostgresArchive:
         rows = await self._fetch(Q["replay_backlog"], replay_id, destination)
         return int(rows[0][0])
 
+    async def inbound_usage(self) -> dict[str, int]:
+        return {str(r[0]): int(r[1]) for r in await self._fetch(Q["inbound_usage"])}
+
     async def paused_destinations(self) -> frozenset[str]:
         return frozenset(str(r[0]) for r in await self._fetch(Q["paused"]))
 
@@ -256,15 +259,21 @@ class PostgresArchive:
             kept = {r[0] for r in await conn.fetch(Q["unfinished_of"], [r[0] for r in rows])}
             gone = [r for r in rows if r[0] not in kept]
             ids = [r[0] for r in gone]
-            deleted = "DELETE 0"
+            requests = []
             if ids:
                 await conn.execute(Q["prune_attempts"], ids)
                 await conn.execute(Q["prune_deliveries"], ids)
                 await conn.execute(Q["prune_dedup"], [r[2] for r in gone if r[2]], ids)
                 await conn.execute(Q["prune_events"], ids)
-                deleted = await conn.execute(Q["prune_requests"], sorted({r[1] for r in gone}))
+                requests = await conn.fetch(Q["prune_requests"], sorted({r[1] for r in gone}))
+                freed: dict[str, int] = {}
+                for inbound, size in requests:
+                    freed[inbound] = freed.get(inbound, 0) - int(size)
+                if freed:
+                    names = sorted(freed)
+                    await conn.execute(Q["add_usage"], names, [freed[n] for n in names])
             last = int(rows[-1][3]) if len(rows) == batch else None
-            return len(ids), int(deleted.split()[-1]), last
+            return len(ids), len(requests), last
 
     def _transaction(self) -> _Transaction:
         if self._pool is None:

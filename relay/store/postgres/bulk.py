@@ -36,6 +36,12 @@ from relay.store.postgres.connect import (
 )
 from relay.store.postgres.migrate import latest_version, schema_version
 
+# What each inbound's requests take, as the ingest transaction counts it (rules.stored_size).
+RECOUNT_USAGE = (
+    "INSERT INTO inbound_usage (inbound, bytes) SELECT inbound,"
+    " sum(octet_length(body) + octet_length(headers)) FROM requests GROUP BY inbound"
+)
+
 _ARRAY = {
     Kind.TEXT: "text[]",
     Kind.BYTES: "bytea[]",
@@ -190,12 +196,17 @@ class PostgresBulk(BulkStore):
         async with self._errors(), self.conn.transaction():
             await self.conn.execute(sql, *_arrays(table, rows))
 
+    async def recount_usage(self) -> None:
+        async with self._errors(), self.conn.transaction():
+            await self.conn.execute("DELETE FROM inbound_usage")
+            await self.conn.execute(RECOUNT_USAGE)
+
     async def holds_history(self) -> bool:
         async with self._errors():
             return bool(await self.conn.fetchval(HOLDS_HISTORY))
 
     async def clear(self) -> None:
-        names = ", ".join(table.name for table in TABLES)
+        names = ", ".join([*(table.name for table in TABLES), "inbound_usage"])
         async with self._errors(), self.conn.transaction():
             await self.conn.execute(f"TRUNCATE {names} RESTART IDENTITY")
             await self.conn.execute(

@@ -283,7 +283,18 @@ DELETE FROM events WHERE id = ANY($1::text[]);
 
 -- name: prune_requests
 DELETE FROM requests r WHERE r.id = ANY($1::text[])
-   AND NOT EXISTS (SELECT 1 FROM events e WHERE e.request_id = r.id);
+   AND NOT EXISTS (SELECT 1 FROM events e WHERE e.request_id = r.id)
+RETURNING r.inbound, octet_length(r.body) + octet_length(r.headers);
+
+-- name: add_usage
+-- Bytes stored per inbound (a negative amount when pruning), in inbound order: batches that
+-- touch the same inbounds lock their rows in one order.
+INSERT INTO inbound_usage AS u (inbound, bytes)
+SELECT i, b FROM unnest($1::text[], $2::int8[]) AS x(i, b) ORDER BY i
+ON CONFLICT (inbound) DO UPDATE SET bytes = u.bytes + excluded.bytes;
+
+-- name: inbound_usage
+SELECT inbound, bytes FROM inbound_usage;
 
 -- name: position_before
 -- A position every event received before $1 is below (see relay.store.filters).

@@ -33,7 +33,14 @@ from relay.store.base import StoreError
 from relay.store.gate import Gate
 from relay.store.postgres import gates
 from relay.store.postgres.connect import CONNECTION_ERRORS, clean_text, lock_key, store_error
-from relay.store.rules import dead_reason, email_key, initial_state, recorded_error, resolver
+from relay.store.rules import (
+    dead_reason,
+    email_key,
+    initial_state,
+    recorded_error,
+    resolver,
+    stored_size,
+)
 from relay.store.sqlfile import load_queries
 
 log = logging.getLogger("relay.store")
@@ -268,18 +275,16 @@ class Writer:
                 await conn.execute(Q["ensure_destinations"], names)
             rows = await conn.fetch(Q["lock_destinations"], names)
             paused = frozenset(r[0] for r in rows if r[1])
-        await conn.execute(
-            Q["insert_requests"],
-            *_columns(
-                [
-                    (r.id, r.inbound, r.method, clean_text(r.path), clean_text(r.query),
-                     clean_text(orjson.dumps(r.headers).decode()), r.body,
-                     clean_text(r.content_type), r.peer, r.received_at)
-                    for r in (op.request for op in ops)
-                ],
-                10,
-            ),
-        )  # fmt: skip
+        requests = []
+        usage: dict[str, int] = {}
+        for r in (op.request for op in ops):
+            headers = clean_text(orjson.dumps(r.headers).decode()) or ""
+            usage[r.inbound] = usage.get(r.inbound, 0) + stored_size(r.body, headers)
+            requests.append(
+                (r.id, r.inbound, r.method, clean_text(r.path), clean_text(r.query), headers,
+                 r.body, clean_text(r.content_type), r.peer, r.received_at)
+            )  # fmt: skip
+        await conn.execute(Q["insert_requests"], *_columns(requests, 10))
         originals = await self._originals(conn, ops)
         duplicates: list[dict[str, str]] = []
         events: list[tuple[Any, ...]] = []
@@ -303,10 +308,13 @@ class Writer:
                     if state is DeliveryState.PENDING:
                         due.add(name)
                     deliveries.append((event_id, name, state.value))
+        # From here to commit, one ingest at a time across every process: positions are taken in
+        # commit order, and the inbounds' usage rows (locked by the update until commit) cost no
+        # more waiting than the lock already does.
+        await conn.execute(Q["lock_positions"], POSITIONS_LOCK)
+        inbounds = sorted(usage)
+        await conn.execute(Q["add_usage"], inbounds, [usage[i] for i in inbounds])
         if events:
-            # From here to commit, one ingest at a time across every process: positions are
-            # taken in commit order.
-            await conn.execute(Q["lock_positions"], POSITIONS_LOCK)
             first = int(await conn.fetchval(Q["take_positions"], len(events)))
             rows = [(*row[:14], first + n, row[14]) for n, row in enumerate(events)]
             await conn.execute(Q["insert_events"], *_columns(rows, 16))

@@ -39,7 +39,7 @@ from relay.store.filters import (
 )
 from relay.store.rows import REPLAY_COLUMNS, event_record, listing_record, replay_record
 from relay.store.rules import initial_state
-from relay.store.sqlite.writer import PAUSED, clock
+from relay.store.sqlite.writer import ADD_USAGE, PAUSED, clock
 
 
 class SqliteAdminMixin:
@@ -113,6 +113,10 @@ class SqliteAdminMixin:
             [replay_id, destination],
         )
         return int(rows[0][0])
+
+    async def inbound_usage(self) -> dict[str, int]:
+        rows = await self._read("SELECT inbound, bytes FROM inbound_usage")
+        return {str(r[0]): int(r[1]) for r in rows}
 
     async def paused_destinations(self) -> frozenset[str]:
         return frozenset(str(r[0]) for r in await self._read(PAUSED))
@@ -355,12 +359,17 @@ def _prune_batch(
             ids + ids,
         )
         conn.execute(f"DELETE FROM events WHERE id IN ({marks})", ids)
-        cursor = conn.execute(
+        gone = conn.execute(
             f"DELETE FROM requests WHERE id IN ({','.join('?' * len(request_ids))})"
-            " AND NOT EXISTS (SELECT 1 FROM events WHERE request_id = requests.id)",
+            " AND NOT EXISTS (SELECT 1 FROM events WHERE request_id = requests.id)"
+            " RETURNING inbound, length(body) + length(CAST(headers AS BLOB))",
             request_ids,
-        )
+        ).fetchall()
+        freed: dict[str, int] = {}
+        for inbound, size in gone:
+            freed[inbound] = freed.get(inbound, 0) - int(size)
+        conn.executemany(ADD_USAGE, sorted(freed.items()))
         last = ids[-1] if len(ids) == batch else None
-        return len(ids), cursor.rowcount, last
+        return len(ids), len(gone), last
 
     return run

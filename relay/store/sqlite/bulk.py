@@ -30,6 +30,12 @@ from relay.store.bulk import (
 )
 from relay.store.sqlite.migrate import latest_version, schema_version
 
+# What each inbound's requests take, as the ingest transaction counts it (rules.stored_size).
+RECOUNT_USAGE = (
+    "INSERT INTO inbound_usage (inbound, bytes) SELECT inbound,"
+    " sum(length(body) + length(CAST(headers AS BLOB))) FROM requests GROUP BY inbound"
+)
+
 
 def _for_sqlite(table: Table, row: Row) -> Row:
     # SQLite has no boolean type: destination_state.paused is 0 or 1.
@@ -178,6 +184,11 @@ class SqliteBulk(BulkStore):
         with self._transaction() as conn:
             conn.executemany(sql, [_for_sqlite(table, r) for r in rows])
 
+    async def recount_usage(self) -> None:
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM inbound_usage")
+            conn.execute(RECOUNT_USAGE)
+
     async def holds_history(self) -> bool:
         with self._errors():
             return bool(self.conn.execute(HOLDS_HISTORY).fetchone()[0])
@@ -186,6 +197,7 @@ class SqliteBulk(BulkStore):
         with self._transaction() as conn:
             for table in reversed(TABLES):
                 conn.execute(f"DELETE FROM {table.name}")
+            conn.execute("DELETE FROM inbound_usage")
             conn.execute(
                 "DELETE FROM meta WHERE substr(key, 1, ?) = ?", (len(META_PREFIX), META_PREFIX)
             )

@@ -34,6 +34,7 @@ from relay.store.rules import (
     is_duplicate,
     recorded_error,
     resolver,
+    stored_size,
 )
 from relay.store.sqlite import gates
 
@@ -55,6 +56,10 @@ _UPSERT_DEDUP = (
     " DO UPDATE SET event_id = excluded.event_id, first_seen = excluded.first_seen"
 )
 PAUSED = "SELECT name FROM destination_state WHERE paused = 1"
+ADD_USAGE = (
+    "INSERT INTO inbound_usage (inbound, bytes) VALUES (?, ?)"
+    " ON CONFLICT (inbound) DO UPDATE SET bytes = bytes + excluded.bytes"
+)
 _INSERT_DELIVERY = (
     "INSERT INTO deliveries (event_id, destination, state, next_attempt_at, created_at,"
     " updated_at) VALUES (?,?,?,?,?,?)"
@@ -280,12 +285,15 @@ def _write_ingests(
     # Positions are taken under the write lock, so they are commit order (see migration 0003).
     seq = int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
     duplicates: list[dict[str, str]] = []
+    usage: dict[str, int] = {}
     for op in ops:
         r = op.request
+        headers = orjson.dumps(r.headers).decode()
+        usage[r.inbound] = usage.get(r.inbound, 0) + stored_size(r.body, headers)
         requests.append(
             (
-                r.id, r.inbound, r.method, r.path, r.query, orjson.dumps(r.headers).decode(),
-                r.body, r.content_type, r.peer, r.received_at,
+                r.id, r.inbound, r.method, r.path, r.query, headers, r.body, r.content_type,
+                r.peer, r.received_at,
             )
         )  # fmt: skip
         dups: dict[str, str] = {}
@@ -312,6 +320,7 @@ def _write_ingests(
                     due.add(name)
                 deliveries.append((event_id, name, state.value, now, now, now))
     conn.executemany(_INSERT_REQUEST, requests)
+    conn.executemany(ADD_USAGE, sorted(usage.items()))
     if events:
         conn.executemany(_INSERT_EVENT, events)
     if fresh and dedup_window > 0:
