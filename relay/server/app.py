@@ -184,7 +184,7 @@ def create_app(
     console = Console(the_store, relay.control, metrics, relay.ready)
     app[RELAY_KEY] = relay
     # Inbound URLs are routed by the relay's current configuration: a reload changes them.
-    app.middlewares.append(relay.inbound_routes.middleware())
+    app.router.register_resource(relay.inbound_routes)
     _add_health(app)
     if settings.admin.listen is None:
         _add_operator_parts(app, relay, console)
