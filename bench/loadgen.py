@@ -11,8 +11,11 @@ earlier ones have been answered (a closed loop would slow down with the server a
 queueing). Each body gets ``data[merges][TS]=<send time in ns>`` appended, which relay
 forwards untouched, so the sink can compute send-to-delivered latency.
 
+``files`` posts prepared bodies (a Mandrill batch each) with their own headers (signatures).
+
     python bench/loadgen.py burst --url URL --body FILE --count 20000 --concurrency 64
     python bench/loadgen.py rate --url URL --body FILE --rate 1000 --duration 10
+    python bench/loadgen.py files --url URL --folder DIR --concurrency 4
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -40,6 +44,7 @@ def percentile(sorted_values: list[float], pct: float) -> float:
 
 
 _ID_FIELD = re.compile(rb"data%5Bid%5D=[^&]*")
+_EMAIL_FIELDS = re.compile(rb"(data%5Bemail%5D|data%5Bmerges%5D%5BEMAIL%5D)=[^&]*")
 
 
 def with_id(body: bytes, n: int) -> bytes:
@@ -48,18 +53,34 @@ def with_id(body: bytes, n: int) -> bytes:
     return _ID_FIELD.sub(b"data%%5Bid%%5D=%010d" % n, body, count=1)
 
 
-async def burst(url: str, body: bytes, count: int, concurrency: int) -> dict[str, object]:
-    remaining = count
+def with_email(body: bytes, subscriber: int) -> bytes:
+    """The body as subscriber number ``subscriber`` sends it (``data[email]`` and the EMAIL merge
+    field): relay's ordering key is the list id and the address."""
+    address = b"subscriber%06d%%40example.com" % subscriber
+    return _EMAIL_FIELDS.sub(lambda m: m.group(1) + b"=" + address, body)
+
+
+def variant(body: bytes, n: int, *, same: bool, subscribers: int) -> bytes:
+    """Request number ``n``'s body: unchanged for ``same`` (the duplicate path), else with its
+    own id, and spread over ``subscribers`` addresses in turn when that is not 0."""
+    if same:
+        return body
+    out = with_id(body, n)
+    return with_email(out, n % subscribers) if subscribers else out
+
+
+async def closed_loop(url: str, requests: Iterator[tuple[bytes, Mapping[str, str]]], *,
+                      count: int, concurrency: int, timeout_s: float) -> dict[str, object]:
+    """POST every (body, headers) of ``requests``, ``concurrency`` at a time, each worker taking
+    the next as soon as its last is answered; requests are taken in order."""
     ok = 0
     errors: dict[str, int] = {}
-    headers = {"Content-Type": FORM}
 
     async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal remaining, ok
-        while remaining > 0:
-            remaining -= 1
+        nonlocal ok
+        # One iterator shared by every worker: next() never awaits, so no two take the same.
+        for payload, headers in requests:
             try:
-                payload = with_id(body, remaining)
                 async with session.post(url, data=payload, headers=headers) as resp:
                     await resp.read()
                     if 200 <= resp.status < 300:
@@ -71,13 +92,25 @@ async def burst(url: str, body: bytes, count: int, concurrency: int) -> dict[str
                 errors[name] = errors.get(name, 0) + 1
 
     connector = aiohttp.TCPConnector(limit=concurrency)
-    timeout = aiohttp.ClientTimeout(total=30)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         start = time.perf_counter()
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
-    return {"mode": "burst", "count": count, "ok": ok, "errors": errors,
-            "elapsed_s": elapsed, "rps": ok / elapsed if elapsed else 0.0}
+    return {"count": count, "ok": ok, "errors": errors, "elapsed_s": elapsed,
+            "rps": ok / elapsed if elapsed else 0.0}
+
+
+async def burst(url: str, body: bytes, count: int, concurrency: int, *, first: int = 0,
+                same: bool = False, subscribers: int = 0) -> dict[str, object]:
+    """Request i (counting up from 0) is ``variant(body, first + i)``: sent in order, so one
+    subscriber's events reach relay in the order of their ids."""
+    headers = {"Content-Type": FORM}
+    requests = ((variant(body, first + i, same=same, subscribers=subscribers), headers)
+                for i in range(count))
+    result = await closed_loop(url, requests, count=count, concurrency=concurrency,
+                               timeout_s=30)
+    return {"mode": "burst", **result}
 
 
 async def rate(url: str, body: bytes, per_second: float, duration: float,
@@ -143,30 +176,51 @@ async def rate(url: str, body: bytes, per_second: float, duration: float,
             "ack_p50_ms": percentile(acks_ms, 50), "ack_p99_ms": percentile(acks_ms, 99)}
 
 
+async def files(url: str, folder: Path, concurrency: int) -> dict[str, object]:
+    """POST every ``*.body`` in ``folder`` once, with the headers in its ``.headers`` (JSON)."""
+    bodies = sorted(folder.glob("*.body"))
+    requests = ((path.read_bytes(), json.loads(path.with_suffix(".headers").read_text()))
+                for path in bodies)
+    result = await closed_loop(url, requests, count=len(bodies), concurrency=concurrency,
+                               timeout_s=120)
+    return {"mode": "files", **result}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="mode", required=True)
     b = sub.add_parser("burst", help="post COUNT requests with CONCURRENCY in flight")
     b.add_argument("--count", type=int, default=20_000)
     b.add_argument("--concurrency", type=int, default=64)
+    b.add_argument("--first", type=int, default=0, help="data[id] of the first request")
+    b.add_argument("--same", action="store_true", help="post the body unchanged every time")
+    b.add_argument("--subscribers", type=int, default=0,
+                   help="spread the requests over this many addresses, in turn")
     r = sub.add_parser("rate", help="open-loop load at a fixed rate")
     r.add_argument("--rate", type=float, default=1000.0)
     r.add_argument("--duration", type=float, default=10.0)
     r.add_argument("--max-in-flight", type=int, default=512)
-    for p in (b, r):
+    f = sub.add_parser("files", help="post each prepared body in a folder once")
+    f.add_argument("--folder", type=Path, required=True)
+    f.add_argument("--concurrency", type=int, default=4)
+    for p in (b, r, f):
         p.add_argument("--url", required=True)
-        p.add_argument("--body", type=Path, required=True)
         p.add_argument("--uvloop", action="store_true", help="run on uvloop (as relay does)")
+    for p in (b, r):
+        p.add_argument("--body", type=Path, required=True)
     args = parser.parse_args()
-    body = args.body.read_bytes()
     runner = asyncio.run
     if args.uvloop:
         import uvloop
 
         runner = uvloop.run
-    if args.mode == "burst":
-        result = runner(burst(args.url, body, args.count, args.concurrency))
+    if args.mode == "files":
+        result = runner(files(args.url, args.folder, args.concurrency))
+    elif args.mode == "burst":
+        result = runner(burst(args.url, args.body.read_bytes(), args.count, args.concurrency,
+                              first=args.first, same=args.same, subscribers=args.subscribers))
     else:
+        body = args.body.read_bytes()
         result = runner(rate(args.url, body, args.rate, args.duration, args.max_in_flight))
     print(json.dumps(result), flush=True)
 

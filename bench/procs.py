@@ -97,3 +97,20 @@ def running(name: str, cmd: Sequence[str], log: Path, *, cpu: int | None, ready_
         yield child
     finally:
         child.stop()
+
+
+def run_checked(cmd: Sequence[str], timeout: float = 120) -> str:
+    """Run ``cmd`` to the end; its stdout, or RuntimeError with the end of its stderr."""
+    done = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed: {done.stderr.strip()[-500:]}")
+    return done.stdout
+
+
+def run_json(cmd: Sequence[str], timeout: float) -> dict[str, object]:
+    """Run a helper that prints its figures as one JSON line last."""
+    import json
+
+    result: dict[str, object] = json.loads(run_checked(cmd, timeout).strip().splitlines()[-1])
+    return result

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -17,15 +18,21 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
 # Away from relay's usual 8080/18080, which other engineers' relays on this machine listen on;
-# BENCH_PORT_BASE moves all four if these are taken too.
+# BENCH_PORT_BASE moves them all if these are taken too (scale.py uses +85).
 PORT_BASE = int(os.environ.get("BENCH_PORT_BASE", "28000"))
 BARE_PORT = PORT_BASE + 70
 RELAY_PORT = PORT_BASE + 80
 HOOKSPOOL_PORT = PORT_BASE + 81
+RELAY_PG_PORT = PORT_BASE + 82
+RELAY_WORKERS_PORT = PORT_BASE + 83
+RELAY_PAIR_PORTS = (PORT_BASE + 84, PORT_BASE + 86)
 SINK_PORT = PORT_BASE + 90
 SECRET = "bench-secret"
 ADMIN_TOKEN = "bench-admin-token"
 DESTINATIONS = ("crm", "analytics", "support")
+ORDERED = "ordered"
+MANDRILL_PATH = "/hooks/mandrill"
+MANDRILL_KEY = "bench-mandrill-key"
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,8 @@ class Launch:
     hook_url: str
     env: dict[str, str] = field(default_factory=dict)
     setup: list[list[str]] = field(default_factory=list)
+    config: Path | None = None
+    port: int = 0
 
 
 def base_url(port: int) -> str:
@@ -68,29 +77,48 @@ class Retry:
     max_delay: float = 30.0
 
 
-def relay_config(db: Path, *, retry: Retry) -> str:
-    """The realistic config: two inbounds, three destinations with different filters,
-    storage left at relay's durable defaults (SQLite WAL, synchronous=FULL)."""
+def mandrill_url(port: int = RELAY_PORT) -> str:
+    """The Mandrill inbound's URL, which is also the URL its batches are signed for."""
+    return f"{base_url(port)}{MANDRILL_PATH}?secret={SECRET}"
+
+
+def relay_config(storage_url: str, *, retry: Retry, port: int = RELAY_PORT,
+                 workers: str | int | None = None, ordering: str | None = None) -> str:
+    """The realistic config: two audience inbounds and a Mandrill one, three destinations with
+    different filters, storage left at relay's durable defaults (SQLite WAL, synchronous=FULL).
+
+    With ``ordering`` the destinations are instead one, ``ordered``, that takes every event;
+    ``ordering = "..."`` is written only for a value other than "none", so the unordered
+    baseline runs at commits that do not know the key. ``workers`` likewise is written only
+    when given.
+    """
     sink_url = base_url(SINK_PORT)
-    filters = {
-        "crm": 'types = ["subscribe", "unsubscribe"]\nsources = ["user", "admin"]\n',
-        "analytics": "",
-        "support": 'types = ["unsubscribe", "cleaned"]\n',
-    }
-    parts = [
-        f'[server]\nlisten = "{HOST}:{RELAY_PORT}"\nmax_body_bytes = 10485760\n',
-        f'[storage]\nurl = "sqlite:///{db}"\n',
-        f'[admin]\ntoken = "{ADMIN_TOKEN}"\n',
-    ]
+    server = f'[server]\nlisten = "{HOST}:{port}"\nmax_body_bytes = 10485760\n'
+    if workers is not None:
+        server += f"workers = {_toml_value(workers)}\n"
+    parts = [server, f'[storage]\nurl = "{storage_url}"\n', f'[admin]\ntoken = "{ADMIN_TOKEN}"\n']
     for source in ("user", "admin"):
         parts.append(
             f'[[inbound]]\nname = "audience-{source}"\n'
             f'path = "/hooks/mailchimp/audience-{source}"\n'
             f'kind = "mailchimp"\nsecret = "{SECRET}"\nsource = "{source}"\n'
         )
-    for name in DESTINATIONS:
+    parts.append(
+        f'[[inbound]]\nname = "mandrill"\npath = "{MANDRILL_PATH}"\nkind = "mandrill"\n'
+        f'secret = "{SECRET}"\nsource = "mandrill"\nmandrill_key = "{MANDRILL_KEY}"\n'
+        f'public_url = "{mandrill_url(port)}"\n'
+    )
+    filters = {
+        "crm": 'types = ["subscribe", "unsubscribe"]\nsources = ["user", "admin"]\n',
+        "analytics": "",
+        "support": 'types = ["unsubscribe", "cleaned"]\n',
+    }
+    if ordering is not None:
+        extra = "" if ordering == "none" else f'ordering = "{ordering}"\n'
+        filters = {ORDERED: extra}
+    for name, lines in filters.items():
         parts.append(
-            f'[[destination]]\nname = "{name}"\nurl = "{sink_url}/{name}"\n{filters[name]}'
+            f'[[destination]]\nname = "{name}"\nurl = "{sink_url}/{name}"\n{lines}'
             f"timeout = 10.0\nconcurrency = 64\n"
             f"[destination.retry]\nmax_attempts = {retry.max_attempts}\n"
             f"initial_delay = {retry.initial_delay}\nmax_delay = {retry.max_delay}\n"
@@ -98,13 +126,49 @@ def relay_config(db: Path, *, retry: Retry) -> str:
     return "\n".join(parts)
 
 
-def relay(work: Path, *, retry: Retry | None = None) -> Launch:
+def _toml_value(value: str | int) -> str:
+    return f'"{value}"' if isinstance(value, str) else str(value)
+
+
+def relay(work: Path, *, retry: Retry | None = None, name: str = "relay", port: int = RELAY_PORT,
+          storage_url: str | None = None, workers: str | int | None = None,
+          ordering: str | None = None) -> Launch:
+    """relay on SQLite in ``work`` (or on ``storage_url``); a PostgreSQL store is migrated by a
+    setup step first, so that several processes starting together do not race to create it."""
     work.mkdir(parents=True, exist_ok=True)
     config = work / "relay.toml"
-    config.write_text(relay_config((work / "relay.db").resolve(), retry=retry or Retry()))
-    url = base_url(RELAY_PORT)
-    return Launch("relay", [sys.executable, "-m", "relay", "serve", "--config", str(config)],
-                  f"{url}/readyz", f"{url}/hooks/mailchimp/audience-user?secret={SECRET}")
+    url = storage_url or f"sqlite:///{(work / 'relay.db').resolve()}"
+    config.write_text(relay_config(url, retry=retry or Retry(), port=port, workers=workers,
+                                   ordering=ordering))
+    base = [sys.executable, "-m", "relay"]
+    setup = [[*base, "migrate", "--config", str(config)]] if storage_url else []
+    http = base_url(port)
+    return Launch(name, [*base, "serve", "--config", str(config)], f"{http}/readyz",
+                  f"{http}/hooks/mailchimp/audience-user?secret={SECRET}", setup=setup,
+                  config=config, port=port)
+
+
+def config_problem(config: Path, keys: tuple[str, ...]) -> str | None:
+    """Why relay at this commit cannot run ``config`` because it does not know one of ``keys``
+    (``relay check-config`` names the key), or None. Any other config problem raises."""
+    done = subprocess.run([sys.executable, "-m", "relay", "check-config", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    if done.returncode == 0:
+        return None
+    problem = unknown_key(done.stdout + done.stderr, keys)
+    if problem is None:
+        raise RuntimeError(f"relay check-config failed: {(done.stdout + done.stderr).strip()}")
+    return f"not available at this commit (relay check-config: {problem})"
+
+
+def unknown_key(output: str, keys: tuple[str, ...]) -> str | None:
+    """The first line of ``relay check-config`` output that is about one of ``keys`` (the last
+    part of a dotted key path such as ``server.workers`` or ``destination[0].ordering``)."""
+    for line in output.splitlines():
+        path = line.split(":", 1)[0].strip()
+        if ":" in line and path.rsplit(".", 1)[-1] in keys:
+            return line.strip()
+    return None
 
 
 def relay_matched_per_event() -> int:
@@ -112,10 +176,11 @@ def relay_matched_per_event() -> int:
     return 2
 
 
-def relay_admin(action: str, names: tuple[str, ...] = DESTINATIONS) -> str | None:
+def relay_admin(action: str, names: tuple[str, ...] = DESTINATIONS,
+                port: int = RELAY_PORT) -> str | None:
     """Pause or resume destinations through the admin API; the problem, or None if all worked."""
     for name in names:
-        req = urllib.request.Request(f"{base_url(RELAY_PORT)}/admin/destinations/{name}/{action}",
+        req = urllib.request.Request(f"{base_url(port)}/admin/destinations/{name}/{action}",
                                      data=b"{}", method="POST",
                                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}",
                                               "Content-Type": "application/json"})

@@ -7,6 +7,7 @@ percentile table that p50 and p99 are read from.
 
 from __future__ import annotations
 
+import random
 import re
 import shutil
 import subprocess
@@ -57,18 +58,69 @@ def parse(output: str) -> WrkResult:
     )
 
 
+# Every wrk process of one invocation numbers its data[id]s from its own block of 10 million
+# (more than any run sends), so no run repeats another's ids against a store that keeps them;
+# the random base keeps invocations apart.
+_ID_BLOCK = 10_000_000
+_next_first = random.randrange(1000) * _ID_BLOCK
+
+
+def next_first_id() -> int:
+    global _next_first
+    first = _next_first
+    _next_first = (_next_first + _ID_BLOCK) % 10_000_000_000
+    return first
+
+
+def combine(results: list[WrkResult]) -> WrkResult:
+    """Several wrk processes that ran at once, as one: their rates and counts add up; the
+    latencies are the worst of them (wrk reports percentiles, which cannot be merged exactly)."""
+    return WrkResult(
+        requests_per_s=sum(r.requests_per_s for r in results),
+        p50_ms=max(r.p50_ms for r in results),
+        p99_ms=max(r.p99_ms for r in results),
+        requests=sum(r.requests for r in results),
+        non_2xx=sum(r.non_2xx for r in results),
+        socket_errors=sum(r.socket_errors for r in results),
+    )
+
+
 def run(url: str, body_file: Path, *, duration: float, connections: int,
-        cpu: int | None, log: Path) -> WrkResult:
-    """One wrk run with one thread; its full output is kept in ``log``."""
+        cpu: int | None, log: Path, same_body: bool = False) -> WrkResult:
+    """One wrk run with one thread; its full output is kept in ``log``. Each request gets its
+    own ``data[id]`` unless ``same_body`` (the duplicate path: the body byte for byte)."""
+    return run_many([url], body_file, duration=duration, connections=connections, cpu=cpu,
+                    log=log, same_body=same_body)
+
+
+def run_many(urls: list[str], body_file: Path, *, duration: float, connections: int,
+             cpu: int | None, log: Path, same_body: bool = False) -> WrkResult:
+    """One wrk process per URL, all at once, ``connections`` shared out among them."""
     wrk = find_wrk()
     if wrk is None:
         raise RuntimeError(INSTALL_HINT)
-    cmd = [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
-           "--timeout", "10s", "-s", str(LUA), url, "--", str(body_file)]
-    if cpu is not None:
-        cmd = ["taskset", "-c", str(cpu), *cmd]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=False)
-    log.write_text(" ".join(cmd) + "\n" + done.stdout + done.stderr)
-    if done.returncode != 0:
-        raise RuntimeError(f"wrk exited {done.returncode}: {done.stderr.strip()}")
-    return parse(done.stdout)
+    started = []
+    for i, url in enumerate(urls):
+        share = connections // len(urls) + (1 if i < connections % len(urls) else 0)
+        cmd = [wrk, "-t1", f"-c{share}", f"-d{max(1, round(duration))}s", "--latency",
+               "--timeout", "10s", "-s", str(LUA), url, "--", str(body_file)]
+        cmd.append("same" if same_body else str(next_first_id()))
+        if cpu is not None:
+            cmd = ["taskset", "-c", str(cpu), *cmd]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started.append((cmd, proc))
+    outputs = []
+    texts = []
+    for cmd, proc in started:
+        try:
+            out, err = proc.communicate(timeout=duration + 60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        texts.append(" ".join(cmd) + "\n" + out + err)
+        if proc.returncode != 0:
+            log.write_text("\n".join(texts))
+            raise RuntimeError(f"wrk exited {proc.returncode}: {err.strip()}")
+        outputs.append(out)
+    log.write_text("\n".join(texts))
+    return combine([parse(out) for out in outputs])
