@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -183,6 +184,9 @@ def test_missing_environment_variable_names_key_and_variable() -> None:
         ("[server]\nread_timeout = 0", "server.read_timeout: must be greater than 0"),
         ("[server]\nheader_timeout = 0", "server.header_timeout: must be greater than 0"),
         ("[server]\nmax_connections = 0", "server.max_connections: must be greater than 0"),
+        ("[server]\nworkers = 0", 'server.workers: must be a whole number from 1 to 1024, or "auto"'),
+        ('[server]\nworkers = "all"', 'server.workers: must be a whole number from 1 to 1024, or "auto"'),
+        ("[server]\nworkers = 2.5", 'server.workers: must be an integer or a string'),
         ("[storage]\nmax_size_mb = 0", "storage.max_size_mb: must be greater than 0"),
         ('[storage]\nmax_size_mb = "1GB"', "storage.max_size_mb: must be a number"),
         (
@@ -283,6 +287,14 @@ def test_each_inbound_kind_has_a_body_limit_that_fits_it(
     assert {i.name: i.max_body_bytes for i in s.inbounds} == expected
     assert s.server.max_inflight_bytes == 134217728
     assert (s.server.max_connections, s.server.header_timeout) == (10000, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [("", 1), ("workers = 3", 3), ('workers = "auto"', len(os.sched_getaffinity(0)))],
+)
+def test_workers_is_a_number_of_processes_or_one_per_core(line: str, expected: int) -> None:
+    assert parse_config(f"[server]\n{line}\n", {}).server.workers == expected
 
 
 def test_the_inflight_budget_must_hold_the_largest_body() -> None:

@@ -20,13 +20,15 @@ from aiohttp import web
 from relay import __version__
 from relay.cli.admin_parser import add_admin_commands
 from relay.cli.storage import add_storage_commands
-from relay.cli.store_lock import StoreLockError, acquire_store_lock
+from relay.cli.store_lock import StoreLock, StoreLockError, acquire_store_lock
 from relay.config import ConfigError, Settings, load_config
 from relay.config.checks import parse_listen
 from relay.obs.logs import flush_logs, setup_logging
 from relay.server.app import ADMIN_APP_KEY, FATAL_KEY, RELAY_KEY, config_reloader, create_app
 from relay.server.listener import RelaySite, fd_reserve, raise_fd_limit, relay_runner
+from relay.server.supervisor import Supervisor, watch_supervisor
 from relay.store import StoreError
+from relay.store.siblings import Siblings, SiblingsError
 
 log = logging.getLogger("relay.cli")
 
@@ -74,9 +76,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for warning in settings.warnings:
         log.warning("config: %s", warning)
     try:
+        # Set by a supervisor for each of its workers; None in a relay started by hand.
+        siblings = Siblings.from_env(os.environ)
         lock = acquire_store_lock(settings.storage)
-    except StoreLockError as exc:
+    except (SiblingsError, StoreLockError) as exc:
         return _fatal(str(exc))
+    if siblings is None and settings.server.workers > 1:
+        return _supervise(settings, Path(args.config), lock)
     try:
         import uvloop  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
@@ -84,12 +90,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         runner = uvloop.run
     try:
-        return int(runner(_serve(settings, Path(args.config))))
+        return int(runner(_serve(settings, Path(args.config), siblings)))
     except KeyboardInterrupt:
         return EXIT_OK
     finally:
         if lock is not None:
             lock.release()
+
+
+def _supervise(settings: Settings, config: Path, lock: StoreLock | None) -> int:
+    """``[server] workers`` > 1: this process starts and watches the workers, serving nothing."""
+
+    def announce() -> None:
+        print(_listening(settings), flush=True)
+
+    env, fds = (lock.child_env(), (lock.fd,)) if lock is not None else ({}, ())
+    try:
+        return asyncio.run(Supervisor(settings, config, env, fds).run(announce))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _listening(settings: Settings) -> str:
+    operators = (
+        f", console on http://{settings.admin.listen[0]}:{settings.admin.listen[1]}/console"
+        if settings.admin.listen is not None
+        else ""
+    )
+    return (
+        f"relay {__version__} listening on http://{settings.server.host}:{settings.server.port}"
+        f"{operators} ({settings.summary()})"
+    )
 
 
 def _fatal(message: str) -> int:
@@ -99,8 +133,8 @@ def _fatal(message: str) -> int:
     return EXIT_FAILURE
 
 
-async def _serve(settings: Settings, config_path: Path) -> int:
-    app = create_app(settings)
+async def _serve(settings: Settings, config_path: Path, siblings: Siblings | None) -> int:
+    app = create_app(settings, siblings=siblings)
     loop = asyncio.get_running_loop()
     reloader = config_reloader(app, config_path)
     # From the start: unhandled, SIGHUP would end the process (systemctl reload during startup).
@@ -126,7 +160,7 @@ async def _serve(settings: Settings, config_path: Path) -> int:
     for r, host, port in served:
         try:
             # Both addresses share one gate: their connections take descriptors from one limit.
-            await RelaySite(r, host, port, gate).start()
+            await RelaySite(r, host, port, gate, reuse_port=siblings is not None).start()
         except OSError as exc:
             # asyncio's strerror repeats the address; the errno's own text is the reason.
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
@@ -136,21 +170,17 @@ async def _serve(settings: Settings, config_path: Path) -> int:
             flush_logs()
             return code
     # Only now, with the ports bound, has relay started.
-    log.info("relay started: %s", settings.summary())
-    operators = (
-        f", console on http://{settings.admin.listen[0]}:{settings.admin.listen[1]}/console"
-        if settings.admin.listen is not None
-        else ""
-    )
-    print(
-        f"relay {__version__} listening on http://{settings.server.host}:{settings.server.port}"
-        f"{operators} ({settings.summary()})",
-        flush=True,
-    )
+    if siblings is None:
+        log.info("relay started: %s", settings.summary())
+        print(_listening(settings), flush=True)  # a supervisor says it once for its workers
+    else:
+        log.info("worker %d of %d started", siblings.index, siblings.count)
     reloader.serving()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # A worker whose supervisor died (kill -9, OOM) drains and exits instead of serving on alone.
+    watch_supervisor(os.environ, stop.set)
     fatal = app[FATAL_KEY]
     stop_task: asyncio.Future[object] = asyncio.ensure_future(stop.wait())
     watched: set[asyncio.Future[object]] = {stop_task, fatal}  # type: ignore[arg-type]
@@ -209,8 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
         " SIGHUP reloads the config file (inbounds, destinations, the admin token, retention)"
         " without dropping a request; a file that does not validate, or that changes [server],"
         " [storage] or [dedup], is refused with a log line per problem and the running"
-        " configuration kept. One relay serve per SQLite file: a second one on the same file"
-        " exits with status 1.",
+        ' configuration kept. With [server] workers = N (or "auto", one per core) this process'
+        " supervises N worker processes sharing the listen address (SO_REUSEPORT): it restarts"
+        " one that dies, passes SIGTERM/SIGINT on and waits for every worker to drain, and"
+        " checks the config file on SIGHUP before passing it on. One relay serve per SQLite"
+        " file (its workers share it): a second one on the same file exits with status 1.",
     )
     serve.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
     serve.set_defaults(func=cmd_serve)

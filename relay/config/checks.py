@@ -5,10 +5,13 @@ parse_listen("127.0.0.1:8080")   # -> ("127.0.0.1", 8080); None when not host:po
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+# More processes than this is a typo, not a machine.
+MAX_WORKERS = 1024
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # RFC 3986 path characters without "{" and "}", which aiohttp reads as route variables.
 _PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*")
@@ -42,6 +45,20 @@ _ANY_HOST = frozenset({"0.0.0.0", "::", ""})
 def same_socket(a: tuple[str, int], b: tuple[str, int]) -> bool:
     """True when two listen addresses would collide: one port, and one host or a wildcard."""
     return a[1] == b[1] and (a[0] == b[0] or a[0] in _ANY_HOST or b[0] in _ANY_HOST)
+
+
+def worker_count(value: int | str) -> int | None:
+    """``[server] workers`` as a number of processes: ``"auto"`` is one per core this process
+    may run on (its CPU affinity, which containers and ``taskset`` narrow); None when invalid.
+
+    >>> worker_count(3), worker_count("3"), worker_count(0)
+    (3, None, None)
+    """
+    if value == "auto":
+        return len(os.sched_getaffinity(0))
+    if isinstance(value, int) and 1 <= value <= MAX_WORKERS:
+        return value
+    return None
 
 
 def non_empty(value: str) -> str | None:

@@ -148,6 +148,7 @@ class _Reader(TreeWalker):
                 "read_timeout",
                 "header_timeout",
                 "max_connections",
+                "workers",
             },
         )
         listen = self.get(raw, p, "listen", str, "127.0.0.1:8080")
@@ -171,7 +172,16 @@ class _Reader(TreeWalker):
             read_timeout=self.get(raw, p, "read_timeout", float, 75.0, checks.positive),
             header_timeout=self.get(raw, p, "header_timeout", float, 10.0, checks.positive),
             max_connections=self.get(raw, p, "max_connections", int, 10000, checks.positive),
+            workers=self.workers(raw, p),
         )
+
+    def workers(self, raw: dict[str, Any], p: str) -> int:
+        value = self.get(raw, p, "workers", (int, str), 1)
+        count = checks.worker_count(value)
+        if count is None:
+            self.fail(f"{p}workers", 'must be a whole number from 1 to 1024, or "auto"')
+            return 1
+        return count
 
     def admin(self, raw: dict[str, Any], server: ServerConfig) -> AdminConfig:
         self.unknown(raw, "admin.", {"token", "listen"})

@@ -61,6 +61,9 @@ class ServerConfig:
     header_timeout: float = 10.0
     # Client connections open at once; past it new ones are closed as they are accepted.
     max_connections: int = 10000
+    # Processes serving the listen address(es) together (SO_REUSEPORT), under one supervisor;
+    # "auto" in the file is one per core this process may run on. 1 is one plain process.
+    workers: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +232,7 @@ class Settings:
             f"{len(self.inbounds)} inbound(s), {len(self.destinations)} destination(s), "
             f"admin API {'enabled' if self.admin.token else 'closed (no token)'}"
             + (f" on {self.admin.listen[0]}:{self.admin.listen[1]}" if self.admin.listen else "")
+            + (f", {self.server.workers} worker processes" if self.server.workers > 1 else "")
         )
 
 

@@ -31,7 +31,9 @@ from relay.server.listener import ConnectionGate, connection_middleware
 from relay.server.memory import HeapTrimmer, trim_loop
 from relay.server.quotas import Quotas
 from relay.server.reload import ConfigReloader
+from relay.server.worker_metrics import WorkerMetrics
 from relay.store import Store, StoreError, create_store
+from relay.store.siblings import Siblings
 
 log = logging.getLogger("relay.app")
 
@@ -70,6 +72,8 @@ class Relay:
         self.ingest = Ingest(settings, store, metrics, self.budget, self.quotas)
         self.inbound_routes = InboundRoutes(self.ingest)
         self._last_write_ok = 0.0
+        # One of several worker processes: /metrics answers for all of them.
+        self.worker_metrics: WorkerMetrics | None = None
 
     async def reload(self, new: Settings) -> None:
         """Put a reloaded configuration into effect (``relay.server.reload`` checked it): from
@@ -158,12 +162,16 @@ def create_app(
     *,
     store: Store | None = None,
     registry: CollectorRegistry | None = None,
+    siblings: Siblings | None = None,
 ) -> web.Application:
     """The whole relay as one aiohttp Application; its startup opens storage and starts workers.
 
     With ``[admin] listen`` the operator half (/admin, /console, /metrics) is a second
     application, ``app[ADMIN_APP_KEY]``, to be served on that address; the first then answers
     those paths 404. Both share one Relay, started and stopped with the first.
+
+    ``siblings``: this is one of a supervisor's worker processes (``[server] workers``); its
+    store signals and takes write turns with the others, and /metrics answers for all of them.
     """
     metrics = Metrics(
         registry,
@@ -173,7 +181,9 @@ def create_app(
         rates=_rates(settings),
     )
     the_store = (
-        store if store is not None else create_store(settings.storage, settings.dedup_window)
+        store
+        if store is not None
+        else create_store(settings.storage, settings.dedup_window, siblings)
     )
     the_store.on_commit = metrics.observe_commit
     app = web.Application(client_max_size=settings.server.max_body_bytes)
@@ -183,6 +193,8 @@ def create_app(
     relay = Relay(settings, the_store, metrics, gate, _fatal_to_stop(app))
     console = Console(the_store, relay.control, metrics, relay.ready)
     app[RELAY_KEY] = relay
+    if siblings is not None:
+        relay.worker_metrics = WorkerMetrics(siblings, metrics.exposition)
     # Inbound URLs are routed by the relay's current configuration: a reload changes them.
     app.router.register_resource(relay.inbound_routes)
     _add_health(app)
@@ -227,9 +239,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(relay.quotas.run(), name="relay-quotas"),
     ]
     await relay.control.start()
+    if relay.worker_metrics is not None:
+        await relay.worker_metrics.start()
     try:
         yield
     finally:
+        if relay.worker_metrics is not None:
+            await relay.worker_metrics.stop()
         for task in side_tasks:
             task.cancel()
         await asyncio.gather(*side_tasks, return_exceptions=True)
@@ -273,6 +289,8 @@ async def _metrics(request: web.Request) -> web.Response:
     with contextlib.suppress(StoreError):
         await relay.refresh_stats()
     body = relay.metrics.exposition()
+    if relay.worker_metrics is not None:
+        body = await relay.worker_metrics.gather(body)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -341,9 +341,13 @@ class RelaySite(web.BaseSite):
         gate: ConnectionGate,
         *,
         backlog: int = 1024,
+        reuse_port: bool = False,
     ) -> None:
         super().__init__(runner, backlog=backlog)
         self._host, self._port, self._gate = host, port, gate
+        # Several worker processes listen on one address, each with its own accept queue, and
+        # the kernel spreads new connections across them ([server] workers).
+        self._reuse_port = reuse_port
         self._bound: int | None = None
 
     @property
@@ -368,7 +372,9 @@ class RelaySite(web.BaseSite):
         try:
             for family, address in addresses:
                 sockets.append(
-                    socket.create_server(address, family=family, backlog=self._backlog)
+                    socket.create_server(
+                        address, family=family, backlog=self._backlog, reuse_port=self._reuse_port
+                    )
                 )
         except OSError:
             for sock in sockets:

@@ -79,6 +79,21 @@ class Signal:
     name: str
 
 
+def parse_signals(payload: str) -> list[Signal]:
+    """``kind:name[,name...]``, as processes send them to each other, as signals; anything else
+    is ignored.
+
+    >>> [(s.kind.value, s.name) for s in parse_signals("due:crm,dw")]
+    [('due', 'crm'), ('due', 'dw')]
+    >>> parse_signals("nonsense")
+    []
+    """
+    kind, sep, names = payload.partition(":")
+    if not sep or kind not in set(SignalKind):
+        return []
+    return [Signal(SignalKind(kind), name) for name in names.split(",") if name]
+
+
 SignalListener = Callable[[Signal], None]
 # Called after each committed transaction with its number of operations and its duration.
 CommitObserver = Callable[[int, float], None]

@@ -18,21 +18,13 @@ from typing import Any
 
 import asyncpg
 
-from relay.store.base import Signal, SignalKind, Signals
+from relay.store.base import Signals, parse_signals
 from relay.store.postgres.connect import CONNECTION_ERRORS, store_error
 from relay.store.postgres.writer import CHANNEL
 
 log = logging.getLogger("relay.store")
 
 TICK = 1.0
-
-
-def parse_notification(payload: str) -> list[Signal]:
-    """``kind:name[,name...]`` as signals; anything else is ignored."""
-    kind, sep, names = payload.partition(":")
-    if not sep or kind not in set(SignalKind):
-        return []
-    return [Signal(SignalKind(kind), name) for name in names.split(",") if name]
 
 
 class Listener:
@@ -57,7 +49,7 @@ class Listener:
             self._task = None
 
     def _on_notification(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
-        for signal in parse_notification(str(payload)):
+        for signal in parse_signals(str(payload)):
             self._signals.emit(signal)
 
     async def _run(self) -> None:

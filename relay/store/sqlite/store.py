@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 import time
@@ -55,11 +56,15 @@ from relay.store.rows import (
     event_record,
     request_record,
 )
+from relay.store.siblings import Siblings
 from relay.store.sqlite import gates
 from relay.store.sqlite.admin import SqliteAdminMixin
 from relay.store.sqlite.control import SqliteControlMixin
 from relay.store.sqlite.migrate import migrate
+from relay.store.sqlite.sibling_signals import SiblingSignals
+from relay.store.sqlite.turn import WriteTurn
 from relay.store.sqlite.writer import (
+    BatchOutcome,
     CallOp,
     ClaimOp,
     CompleteOp,
@@ -118,8 +123,20 @@ def _is_locked(exc: BaseException) -> bool:
 class SqliteStore(SqliteAdminMixin, SqliteControlMixin, Store):
     """SQLite backend. One writer connection on its own thread, one aiosqlite reader."""
 
-    def __init__(self, config: StorageConfig, dedup_window: float = 86400.0) -> None:
+    def __init__(
+        self,
+        config: StorageConfig,
+        dedup_window: float = 86400.0,
+        siblings: Siblings | None = None,
+    ) -> None:
         super().__init__()
+        # One of several worker processes on this file ([server] workers): signals go to the
+        # siblings too, and write transactions take turns with theirs.
+        self._sibling_signals = SiblingSignals(siblings) if siblings is not None else None
+        if self._sibling_signals is not None:
+            self.signals = self._sibling_signals
+        self._turn: WriteTurn | None = None
+        self._apply: Callable[..., BatchOutcome] = apply_batch
         self.config = config
         self.dedup_window = dedup_window
         self.path = sqlite_path(config.url)
@@ -145,6 +162,10 @@ class SqliteStore(SqliteAdminMixin, SqliteControlMixin, Store):
             )
             for pragma in _pragmas(self.config):
                 await self._reader.execute(pragma)
+            if self._sibling_signals is not None:
+                self._turn = WriteTurn.open(self.path)
+                self._apply = functools.partial(self._turn.around, apply_batch)
+                self._sibling_signals.open()
         except (sqlite3.Error, OSError) as exc:
             await self._close_connections()
             raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from None
@@ -186,6 +207,8 @@ class SqliteStore(SqliteAdminMixin, SqliteControlMixin, Store):
         await self._close_connections()
 
     async def _close_connections(self) -> None:
+        if self._sibling_signals is not None:
+            self._sibling_signals.close()
         if self._reader is not None:
             with contextlib.suppress(sqlite3.Error, ValueError):
                 await self._reader.close()
@@ -195,6 +218,9 @@ class SqliteStore(SqliteAdminMixin, SqliteControlMixin, Store):
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         self._writer = self._reader = self._executor = None
+        if self._turn is not None:
+            self._turn.close()
+            self._turn = None
 
     # -- the writer --------------------------------------------------------------------------
 
@@ -231,7 +257,7 @@ class SqliteStore(SqliteAdminMixin, SqliteControlMixin, Store):
         started = time.perf_counter()
         try:
             outcome = await self._on_writer(
-                apply_batch, self._writer, ops, self.dedup_window, self._limits
+                self._apply, self._writer, ops, self.dedup_window, self._limits
             )
         except Exception as exc:
             # A lock held by another connection fails every op alike, and retrying them one by
