@@ -108,9 +108,12 @@ def bench_delivery(args: argparse.Namespace) -> dict[str, Any]:
             rows.append({"target": name, "skipped": skipped[name]})
         else:
             rows.append(drain_row(name, results[name], args.events, expected, notes))
+    relay_rps = rows[1].get("rps")
     for row in rows:
         if row.get("rps") is not None:
             row["ratio"] = row["rps"] / rows[0]["rps"]
+            if row["target"] in variants and relay_rps:
+                row["vs_relay"] = row["rps"] / relay_rps
     goals.annotate(rows, GOALS)
     if RELAY_PG not in skipped:
         notes.append(f"{RELAY_PG}: a fresh database for each drain, created and dropped by the "

@@ -20,10 +20,10 @@ def bench_latency(args: argparse.Namespace) -> dict[str, Any]:
     with procs.running("sink", sink.cmd, h.fresh_dir("latency") / "sink.log", cpu=h.LOAD_CPU,
                        ready_url=sink.ready_url):
         rows = [latency_run(args, "direct to sink", f"{sink.hook_url}/direct", duration, 1)]
-        rows[0]["placement"] = h.PINNED
+        rows[0]["placement"] = "generator and sink core 1"
         for name, workers in (("relay", None), (RELAY_AUTO, "auto")):
-            row: dict[str, Any] = {"target": name,
-                                   "placement": h.PINNED if workers is None else h.SHARED}
+            row: dict[str, Any] = {"target": name, "placement": (
+                f"relay core{' 0' if workers is None else 's 0-1'}; generator and sink core 1")}
             rows.append(row)
             if problem := h.relay_problem():
                 row["skipped"] = problem
