@@ -178,3 +178,23 @@ async def test_sighup_reaches_every_worker_once_the_file_is_valid(
     await wait_until(lambda: len(sink.at("/audit")) == 8, what="deliveries to the new one")
     rig.relay.kill(signal.SIGTERM)
     assert await asyncio.to_thread(rig.relay.wait, 30) == 0
+
+
+@pytest.mark.capability(SQLITE_FILE)  # the same on every backend: one is enough
+async def test_sigterm_while_the_workers_start_stops_them_all_and_exits_0(rig: Rig) -> None:
+    with rig.relay.log.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "relay", "serve", "--config", str(rig.config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        await wait_until(lambda: len(workers_of(proc.pid)) == 2, what="workers to be started")
+        started = workers_of(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0, rig.relay.log.read_text()
+        assert not [p for p in started if Path(f"/proc/{p}").exists()], "a worker outlived it"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

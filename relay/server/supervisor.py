@@ -156,9 +156,13 @@ class Supervisor:
             else:
                 slot.started = time.monotonic()
                 log.info("worker %d started (pid %d)", slot.index, slot.proc.pid)
+                if self._stopping.is_set():  # shutdown began while it was being started
+                    self._signal(slot, signal.SIGTERM)
                 code = await slot.proc.wait()
             if self._stopping.is_set():
-                if code not in (0, None):
+                # A worker still starting has no handler yet: SIGTERM ends it at once, which
+                # is fine (it had acknowledged nothing).
+                if code not in (0, None, -signal.SIGTERM):
                     self._failed_drain = True
                     log.error("worker %d %s while draining", slot.index, how_it_ended(code))
                 return
