@@ -8,6 +8,7 @@ from urllib.parse import quote_plus
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
+from relay.protocols.audience_summary import summarize_audience
 from relay.protocols.mailchimp import (
     MAX_DEPTH,
     encode_audience,
@@ -15,7 +16,6 @@ from relay.protocols.mailchimp import (
     parse_form_json,
     parse_mandrill,
     rebatch_mandrill,
-    summarize_audience,
 )
 
 # Small budgets: the suite shares a 2-core machine, and these parsers have few branches.

@@ -16,7 +16,7 @@ from typing import Any
 from relay.config import DestinationConfig, InboundConfig
 from relay.model import UNKNOWN_TYPE, InboundKind, NewEvent, RawRequest
 from relay.pipeline.routing import event_facts, route, type_matches
-from relay.protocols import mailchimp
+from relay.protocols import audience_summary, mailchimp
 
 MANDRILL_CONTENT_TYPE = "application/x-www-form-urlencoded"
 # Every event type is cut to this many characters, whatever its kind: it comes from the sender
@@ -111,12 +111,12 @@ def _audience_event(
     inbound: InboundConfig, request: RawRequest, destinations: Sequence[DestinationConfig]
 ) -> NewEvent:
     # The full nested parse costs several times the summary; only `match` filters need it.
-    parsed: mailchimp.AudienceEvent | mailchimp.AudienceSummary
+    parsed: mailchimp.AudienceEvent | audience_summary.AudienceSummary
     if any(d.match for d in destinations):
         parsed = mailchimp.parse_audience(request.body)
         data: Any = parsed.data
     else:
-        parsed = mailchimp.summarize_audience(request.body)
+        parsed = audience_summary.summarize_audience(request.body)
         data = None
     return _event(
         inbound,

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl, unquote_plus, urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
@@ -34,7 +34,6 @@ __all__ = [
     "AUDIENCE_TYPES",
     "MAX_DEPTH",
     "AudienceEvent",
-    "AudienceSummary",
     "MandrillBatch",
     "MandrillEvent",
     "encode_audience",
@@ -44,7 +43,6 @@ __all__ = [
     "parse_form_json",
     "parse_mandrill",
     "rebatch_mandrill",
-    "summarize_audience",
     "verify_mailchimp_signature",
     "verify_mandrill_signature",
 ]
@@ -64,7 +62,7 @@ AUDIENCE_TYPES = frozenset(
     }
 )
 # No public sample of the SMS types exists; Mailchimp's own plugins read the address from merges.
-_SMS_TYPES = frozenset({"sms_subscribe", "sms_unsubscribe", "upsms", "sms_campaign"})
+SMS_TYPES = frozenset({"sms_subscribe", "sms_unsubscribe", "upsms", "sms_campaign"})
 
 # Mailchimp nests five levels at most (data[merges][GROUPINGS][0][groups]); deeper is broken.
 MAX_DEPTH = 8
@@ -132,7 +130,7 @@ def parse_audience(body: bytes) -> AudienceEvent:
         warnings.add(f"unrecognised_type:{type_[:_MAX_KEY_IN_WARNING]}")
 
     raw_fired_at = _text(fields, "fired_at")
-    fired_at = _parse_fired_at(raw_fired_at)
+    fired_at = parse_fired_at(raw_fired_at)
     if raw_fired_at is not None and fired_at is None:
         warnings.add("bad_fired_at")
 
@@ -143,7 +141,7 @@ def parse_audience(body: bytes) -> AudienceEvent:
     else:
         email = _text(data, "email")
         merges = data.get("merges")
-        if email is None and type_ in _SMS_TYPES and isinstance(merges, dict):
+        if email is None and type_ in SMS_TYPES and isinstance(merges, dict):
             email = _text(merges, "EMAIL")
 
     return AudienceEvent(
@@ -154,117 +152,9 @@ def parse_audience(body: bytes) -> AudienceEvent:
         old_email=old_email,
         data=data,
         fields=fields,
-        dedup_key=_dedup_key(type_, data, email, raw_fired_at),
+        dedup_key=dedup_key(type_, data, email, raw_fired_at),
         error=error,
         warnings=tuple(warnings.items),
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class AudienceSummary:
-    """The fields of an audience webhook that ingest needs, without the nested ``data``."""
-
-    type: str
-    fired_at: datetime | None
-    list_id: str | None
-    email: str | None
-    dedup_key: str | None
-    error: str | None = None
-
-
-# The only fields ingest reads; every other field (mostly merges) is skipped undecoded.
-_SUMMARY_KEYS = frozenset(
-    {
-        "type", "fired_at", "data[id]", "data[list_id]", "data[email]", "data[new_id]",
-        "data[new_email]", "data[merges][EMAIL]",
-    }
-)  # fmt: skip
-_SKIP_PREFIXES = ("data%5Bmerges%5D%5B", "data[merges][")
-# The wanted keys as Mailchimp spells them, recognised without decoding.
-_RAW_SUMMARY_KEYS = {
-    "type": "type",
-    "fired_at": "fired_at",
-    "data%5Bid%5D": "data[id]",
-    "data%5Blist_id%5D": "data[list_id]",
-    "data%5Bemail%5D": "data[email]",
-    "data%5Bnew_id%5D": "data[new_id]",
-    "data%5Bnew_email%5D": "data[new_email]",
-    "data%5Bmerges%5D%5BEMAIL%5D": "data[merges][EMAIL]",
-}
-_EMAIL_GROUP = ("data%5Bmerges%5D%5BEMAIL%5D%5B", "data[merges][EMAIL][")
-# Keys that would turn a wanted field into a group (or a group into a value): rare and odd,
-# so those bodies take the full parser rather than this shortcut growing its rules.
-_RESHAPING = (*tuple(f"{k}[" for k in _SUMMARY_KEYS), "type[", "fired_at[")
-
-
-def summarize_audience(body: bytes) -> AudienceSummary:
-    """The type, list, email, fired_at and dedup key of an audience body, fast; never raises.
-
-    Equal to what `parse_audience` derives (a property test holds it to that), at a fraction
-    of the cost: ingest runs it on every request, before the acknowledgement.
-    """
-    found = _scan_pieces(body)
-    if found is None:
-        return _summary_of(parse_audience(body))
-    raw_type = found.get("type")
-    type_ = raw_type or "unknown"
-    error = None
-    if not body.strip():
-        error = "empty body"
-    elif type_ == "unknown" and raw_type != "unknown":
-        error = "no type field: not a Mailchimp audience body"
-    data = {k[5:-1]: v for k, v in found.items() if k.startswith("data[") and "][" not in k}
-    if type_ == "upemail":
-        email = data.get("new_email") or None
-    else:
-        email = data.get("email") or None
-        if email is None and type_ in _SMS_TYPES:
-            email = found.get("data[merges][EMAIL]") or None
-    raw_fired_at = found.get("fired_at") or None
-    return AudienceSummary(
-        type=type_,
-        fired_at=_parse_fired_at(raw_fired_at),
-        list_id=data.get("list_id") or None,
-        email=email,
-        dedup_key=_dedup_key(type_, data, email, raw_fired_at),
-        error=error,
-    )
-
-
-def _scan_pieces(body: bytes) -> dict[str, str] | None:
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    found: dict[str, str] = {}
-    try:
-        for piece in text.split("&"):
-            raw_key, _, raw_value = piece.partition("=")
-            key = _RAW_SUMMARY_KEYS.get(raw_key)
-            if key is None:
-                if raw_key.startswith(_SKIP_PREFIXES) and not raw_key.startswith(_EMAIL_GROUP):
-                    continue
-                key = _unquote(raw_key)
-                if key in ("data", "data[merges]") or key.startswith(_RESHAPING):
-                    return None
-                if key not in _SUMMARY_KEYS:
-                    continue
-            found[key] = _unquote(raw_value)
-    except UnicodeDecodeError:
-        return None
-    return found
-
-
-def _unquote(text: str) -> str:
-    # Most keys and values carry no escapes; unquote_plus is the costly part of a summary.
-    if "%" in text or "+" in text:
-        return unquote_plus(text, errors="strict")
-    return text
-
-
-def _summary_of(event: AudienceEvent) -> AudienceSummary:
-    return AudienceSummary(
-        event.type, event.fired_at, event.list_id, event.email, event.dedup_key, event.error
     )
 
 
@@ -423,7 +313,7 @@ def _text(mapping: Mapping[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _parse_fired_at(text: str | None) -> datetime | None:
+def parse_fired_at(text: str | None) -> datetime | None:
     match = _FIRED_AT_RE.fullmatch(text) if text is not None else None
     if match is None:
         return None
@@ -435,7 +325,7 @@ def _parse_fired_at(text: str | None) -> datetime | None:
         return None
 
 
-def _dedup_key(
+def dedup_key(
     type_: str, data: Mapping[str, Any], email: str | None, fired_at: str | None
 ) -> str | None:
     # Mailchimp retries a slow delivery with the same body, so these fields repeat exactly.

@@ -196,6 +196,10 @@ class Ingest:
         limit = inbound.max_body_bytes
         read_timeout = self.settings.server.read_timeout
         try:
+            if request.content.is_eof():
+                # All of it came with the headers (most webhooks): nothing to wait for, and no
+                # timer to arm and cancel per request.
+                return await read_body(request.content, request.content_length, limit, held)
             # The timeout stops a client that trickles its body from holding its share of the
             # budget, and the handler, for longer than read_timeout.
             async with asyncio.timeout(read_timeout):
