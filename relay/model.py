@@ -132,6 +132,7 @@ class NewEvent:
     # Mandrill batch); None means "the request body".
     payload: bytes | None = None
     payload_content_type: str | None = None
+    ordered: tuple[str, ...] = ()  # of ``destinations``, those with ordering = "subscriber"
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +166,7 @@ class ClaimedDelivery:
     # circuit was open); ``attempt`` counts every attempt sent.
     held_attempts: int = 0
     probe: bool = False  # sent alone to find out whether a destination that was down is back
+    order_key: int | None = None  # its subscriber queue (ordered destinations only)
 
     @property
     def charged_attempt(self) -> int:
@@ -227,6 +229,8 @@ class DeliveryRecord:
     resolved_at: float | None = None
     resolved_by: str | None = None
     resolve_reason: str | None = None
+    # The dead delivery of its subscriber it waited behind (ordered destinations only).
+    after_dead: int | None = None
     attempt_log: tuple[AttemptRecord, ...] = ()
 
 

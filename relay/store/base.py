@@ -162,7 +162,8 @@ class DeliveryQueue(abc.ABC):
 
         The store gives the events their ids and their place in the events cursor, in commit
         order. An event whose dedup key was stored within the dedup window is kept as a
-        duplicate, without deliveries. Deliveries to a paused destination start paused.
+        duplicate, without deliveries. Deliveries to a paused destination start paused. A
+        delivery to one of an event's ``ordered`` destinations joins its subscriber's queue.
 
         Returns only once committed durably; raises StoreError if not committed. Concurrent
         calls share transactions (group commit).
@@ -173,7 +174,9 @@ class DeliveryQueue(abc.ABC):
         """Lease up to ``limit`` due deliveries of ``destination`` for ``lease`` seconds, the
         earliest due first, and return them in that order.
 
-        Nothing is claimed while the destination is paused. A delivery whose event is no longer
+        Nothing is claimed while the destination is paused. Of a subscriber's deliveries to an
+        ordered destination only the earliest unfinished one is ever due
+        (``relay.store.ordering``). A delivery whose event is no longer
         stored is marked dead instead of being returned. A delivering one whose lease ran out is
         due again (its worker died), and is claimed like a pending one.
         """
@@ -313,8 +316,13 @@ class Archive(abc.ABC):
         matched: int,
         cursor: int | None = None,
         owner: str | None = None,
+        ordered: frozenset[str] = frozenset(),
     ) -> list[CreatedDelivery]:
         """Create one new delivery per (event id, destination), due now, and count progress.
+
+        A delivery to one of the ``ordered`` destinations joins the end of its subscriber's
+        queue instead (``relay.store.ordering``): it is due once what was queued before it is
+        finished.
 
         ``cursor`` (the last event position walked) is saved in the same transaction, so a
         replay resumed by another process neither skips nor repeats events. With ``owner``, the
@@ -367,7 +375,8 @@ class Archive(abc.ABC):
 
     @abc.abstractmethod
     async def retry_delivery(self, delivery_id: int) -> bool:
-        """Make a pending delivery (waiting out its backoff) due now; False if not pending."""
+        """Make a pending delivery (waiting out its backoff) due now; False if not pending, or
+        if it waits behind an earlier delivery of its subscriber (ordered destinations)."""
 
     @abc.abstractmethod
     async def resolve_delivery(self, delivery_id: int, by: str, reason: str | None) -> bool:

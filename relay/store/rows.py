@@ -26,11 +26,11 @@ EVENT_COLUMNS = (
 DELIVERY_COLUMNS = (
     "id, event_id, destination, state, attempts, next_attempt_at, created_at, updated_at,"
     " delivered_at, last_status, last_error, replay_id, dead_reason, resolved_at, resolved_by,"
-    " resolve_reason"
+    " resolve_reason, after_dead"
 )
 # A listed delivery's event facts, after DELIVERY_COLUMNS (see listing_record).
 LISTING_EVENT_COLUMNS = "e.inbound, e.source, e.type, e.email, e.received_at"
-_DELIVERY_WIDTH = 16
+_DELIVERY_WIDTH = 17
 REPLAY_COLUMNS = (
     "id, requested_by, requested_at, filter, destinations, total, matched, created, state,"
     " finished_at, spec, cursor, cancelled_by"
@@ -57,7 +57,7 @@ def delivery_record(row: Sequence[Any], attempts: tuple[AttemptRecord, ...] = ()
         attempts=row[4], next_attempt_at=row[5], created_at=row[6], updated_at=row[7],
         delivered_at=row[8], last_status=row[9], last_error=row[10], replay_id=row[11],
         dead_reason=row[12], resolved_at=row[13], resolved_by=row[14], resolve_reason=row[15],
-        attempt_log=attempts,
+        after_dead=row[16], attempt_log=attempts,
     )  # fmt: skip
 
 

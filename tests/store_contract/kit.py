@@ -75,6 +75,7 @@ def new_event(
     dedup_key: str | None = None,
     payload: bytes | None = None,
     payload_content_type: str | None = None,
+    ordered: tuple[str, ...] = (),
 ) -> NewEvent:
     return NewEvent(
         inbound=inbound,
@@ -89,6 +90,7 @@ def new_event(
         dedup_key=dedup_key,
         payload=payload,
         payload_content_type=payload_content_type,
+        ordered=ordered,
     )
 
 

@@ -36,6 +36,8 @@ from relay.store.filters import (
 )
 from relay.store.gate import CircuitChange, CircuitEvent, GateState, row_of, state_of
 from relay.store.gate import reset as reset_gate
+from relay.store.ordering import Releases, keys_for
+from relay.store.postgres import ordering
 from relay.store.postgres.connect import STORE_ERRORS, store_error
 from relay.store.postgres.writer import CHANNEL, Q
 from relay.store.rows import event_record, listing_record, replay_record
@@ -146,6 +148,7 @@ class PostgresArchive:
         matched: int,
         cursor: int | None = None,
         owner: str | None = None,
+        ordered: frozenset[str] = frozenset(),
     ) -> list[CreatedDelivery]:
         names = sorted({name for _, name in pairs})
         async with self._transaction() as conn:
@@ -157,6 +160,16 @@ class PostgresArchive:
                 rows = await conn.fetch(Q["lock_destinations"], names)
                 paused = frozenset(r[0] for r in rows if r[1])
             made: list[CreatedDelivery] = []
+            releases = Releases()
+            keys: list[int | None] = [None] * len(pairs)
+            if any(name in ordered for _, name in pairs):
+                wanted = sorted({e for e, name in pairs if name in ordered})
+                facts = {r[0]: (r[1], r[2]) for r in await conn.fetch(Q["event_facts"], wanted)}
+                keys = keys_for(pairs, ordered, facts)
+                for (_, name), key in zip(pairs, keys, strict=True):
+                    releases.joined(name, key)
+                # Held before the deliveries get ids: they join the end of their queues.
+                await ordering.lock(conn, releases)
             if pairs:
                 made = [
                     CreatedDelivery(int(r[0]), r[1], r[2], DeliveryState(r[3]))
@@ -166,10 +179,14 @@ class PostgresArchive:
                         [n for _, n in pairs],
                         [initial_state(n, paused).value for _, n in pairs],
                         replay_id,
+                        keys,
                     )
                 ]
             await conn.execute(Q["replay_progress"], replay_id, matched, len(made), cursor)
-            due = sorted({c.destination for c in made if c.state is DeliveryState.PENDING})
+            released = await ordering.release(conn, releases)
+            due = sorted(
+                released | {c.destination for c in made if c.state is DeliveryState.PENDING}
+            )
             if due:
                 await conn.execute(Q["notify"], CHANNEL, "due:" + ",".join(due))
         self.signals.emit_due(set(due))

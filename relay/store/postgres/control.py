@@ -24,6 +24,7 @@ from relay.model import (
 from relay.store.base import Signal, SignalKind, Signals
 from relay.store.filters import POSTGRES, waiting_count_query, waiting_ids_query
 from relay.store.health import HealthReport, health_query, health_report
+from relay.store.postgres import ordering
 from relay.store.postgres.connect import clean_text
 from relay.store.postgres.writer import CHANNEL, Q
 from relay.store.rows import delivery_record, replay_record
@@ -81,7 +82,13 @@ class PostgresControl:
             sql, params = waiting_ids_query(POSTGRES, where, after, batch)
             async with self._transaction() as conn:
                 ids = [int(r[0]) for r in await conn.fetch(sql, *params)]
-                names = [str(r[0]) for r in await conn.fetch(Q["discard_ids"], ids, states)]
+                rows = await conn.fetch(Q["discard_ids"], ids, states)
+                # A discarded head lets the next of its subscriber's deliveries go.
+                due = await ordering.finished(conn, rows, "discarded")
+                if due:
+                    await conn.execute(Q["notify"], CHANNEL, "due:" + ",".join(sorted(due)))
+            self.signals.emit_due(due)
+            names = [str(r[0]) for r in rows]
             for name in names:
                 counts[name] = counts.get(name, 0) + 1
             if len(ids) < batch:

@@ -24,6 +24,7 @@ from relay.store.gate import (
     settle,
     state_of,
 )
+from relay.store.postgres import ordering
 from relay.store.rules import expired, expired_reason
 from relay.store.sqlfile import load_queries
 
@@ -69,7 +70,9 @@ async def _live(
         live += [d for d in got if not expired(d.created_at, gate.max_age, now)]
         if stale:
             assert gate.max_age is not None
-            await conn.execute(Q["expire_claimed"], stale, expired_reason(gate.max_age))
+            dead = await conn.fetch(Q["expire_claimed"], stale, expired_reason(gate.max_age))
+            # The next of a subscriber's deliveries may go (and be claimed in the next round).
+            await ordering.finished(conn, dead, "dead")
             aged_out += len(stale)
         if not stale or len(live) >= grant:
             break

@@ -53,9 +53,13 @@ SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                      $13::bytea[], $14::text[], $15::int8[], $16::text[]);
 
 -- name: insert_deliveries
-INSERT INTO deliveries (event_id, destination, state, next_attempt_at, created_at, updated_at)
-SELECT e, d, s, relay_now(), relay_now(), relay_now()
-  FROM unnest($1::text[], $2::text[], $3::text[]) AS u(e, d, s);
+-- One to an ordered destination ($4: its subscriber queue) waits, with no due time, until its
+-- queue is released (relay.store.ordering); ids in the order given, which is the queue's order.
+INSERT INTO deliveries (event_id, destination, state, next_attempt_at, created_at, updated_at,
+                        order_key)
+SELECT e, d, s, CASE WHEN k IS NULL THEN relay_now() END, relay_now(), relay_now(), k
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[]) WITH ORDINALITY AS u(e, d, s, k, n)
+ ORDER BY n;
 
 -- name: notify
 SELECT pg_notify($1, $2);
@@ -110,19 +114,20 @@ WITH due AS (
            next_attempt_at = relay_now() + $3, updated_at = relay_now()
       FROM due WHERE d.id = due.id
     RETURNING d.id, d.event_id, d.destination, d.attempts, d.replay_id, d.created_at, due.was_due,
-              d.held_attempts
+              d.held_attempts, d.order_key
 )
 SELECT c.id, c.event_id, c.destination, c.attempts, c.replay_id IS NOT NULL,
        e.inbound, e.source, e.type, e.received_at,
        coalesce(e.payload, r.body), coalesce(e.payload_content_type, r.content_type), e.fired_at,
-       c.created_at, relay_now(), e.id IS NULL, c.held_attempts
+       c.created_at, relay_now(), e.id IS NULL, c.held_attempts, c.order_key
   FROM claimed c LEFT JOIN events e ON e.id = c.event_id LEFT JOIN requests r ON r.id = e.request_id
  ORDER BY c.was_due, c.id;
 
 -- name: orphaned
 UPDATE deliveries SET state = 'dead', next_attempt_at = NULL, updated_at = relay_now(),
        last_error = $2, dead_reason = $2
- WHERE id = ANY($1::int8[]);
+ WHERE id = ANY($1::int8[])
+RETURNING destination, order_key, id;
 
 -- name: due_in
 SELECT min(next_attempt_at) - relay_now() FROM deliveries
@@ -153,7 +158,7 @@ SELECT id, inbound, method, path, query, headers, body, content_type, peer, rece
 -- name: event_deliveries
 SELECT id, event_id, destination, state, attempts, next_attempt_at, created_at, updated_at,
        delivered_at, last_status, last_error, replay_id, dead_reason, resolved_at, resolved_by,
-       resolve_reason
+       resolve_reason, after_dead
   FROM deliveries WHERE event_id = $1 ORDER BY id;
 
 -- name: delivery_attempts
@@ -173,9 +178,11 @@ UPDATE deliveries SET state = 'paused', updated_at = relay_now()
  WHERE destination = $1 AND state = 'pending';
 
 -- name: release_paused
--- Due now, but in their old order: least() keeps earlier ones first.
+-- Due now, but in their old order: least() keeps earlier ones first. One waiting behind an
+-- earlier delivery of its subscriber (relay.store.ordering) waits on.
 UPDATE deliveries SET state = 'pending', updated_at = relay_now(),
-       next_attempt_at = least(coalesce(next_attempt_at, relay_now()), relay_now())
+       next_attempt_at = CASE WHEN order_key IS NOT NULL AND next_attempt_at IS NULL THEN NULL
+                              ELSE least(coalesce(next_attempt_at, relay_now()), relay_now()) END
  WHERE destination = $1 AND state = 'paused';
 
 -- name: try_lease
@@ -215,12 +222,17 @@ WITH ev AS (
     SELECT id FROM events WHERE id = ANY($1::text[]) FOR KEY SHARE
 )
 INSERT INTO deliveries (event_id, destination, state, next_attempt_at, created_at, updated_at,
-                        replay_id)
-SELECT u.e, u.d, u.s, relay_now(), relay_now(), relay_now(), $4
-  FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS u(e, d, s, n)
+                        replay_id, order_key)
+SELECT u.e, u.d, u.s, CASE WHEN u.k IS NULL THEN relay_now() END, relay_now(), relay_now(), $4,
+       u.k
+  FROM unnest($1::text[], $2::text[], $3::text[], $5::int8[]) WITH ORDINALITY AS u(e, d, s, k, n)
   JOIN ev ON ev.id = u.e
  ORDER BY u.n
 RETURNING id, event_id, destination, state;
+
+-- name: event_facts
+-- What a replayed event's subscriber queue is made of (relay.store.rules.order_key).
+SELECT id, list_id, email FROM events WHERE id = ANY($1::text[]);
 
 -- name: replay_progress
 UPDATE replays SET matched = matched + $2, created = created + $3,
@@ -347,7 +359,8 @@ SELECT name, tokens, tokens_at, failures, opened_at, open_reason, probe_interval
 -- taken back).
 UPDATE deliveries SET state = 'dead', attempts = attempts - 1, next_attempt_at = NULL,
        updated_at = relay_now(), last_error = $2, dead_reason = $2
- WHERE id = ANY($1::int8[]);
+ WHERE id = ANY($1::int8[])
+RETURNING destination, order_key, id;
 
 -- name: hold_attempts
 -- Attempts not charged against max_attempts (they failed while the circuit was open); only
@@ -359,14 +372,15 @@ UPDATE deliveries d SET held_attempts = d.held_attempts + 1
 -- name: delivery
 SELECT id, event_id, destination, state, attempts, next_attempt_at, created_at, updated_at,
        delivered_at, last_status, last_error, replay_id, dead_reason, resolved_at, resolved_by,
-       resolve_reason
+       resolve_reason, after_dead
   FROM deliveries WHERE id = $1;
 
 -- name: retry_delivery
 -- Due now (never later than it was), by whichever process claims it first.
+-- One waiting behind an earlier delivery of its subscriber has no due time, and keeps waiting.
 UPDATE deliveries SET next_attempt_at = least(next_attempt_at, relay_now()),
        updated_at = relay_now()
- WHERE id = $1 AND state = 'pending'
+ WHERE id = $1 AND state = 'pending' AND next_attempt_at IS NOT NULL
 RETURNING destination;
 
 -- name: resolve_delivery
@@ -378,7 +392,7 @@ RETURNING id;
 -- The states again: a delivery claimed since it was selected is in flight and keeps going.
 UPDATE deliveries SET state = 'discarded', next_attempt_at = NULL, updated_at = relay_now()
  WHERE id = ANY($1::int8[]) AND state = ANY($2::text[])
-RETURNING destination;
+RETURNING destination, order_key, id;
 
 -- name: replay_state
 SELECT state FROM replays WHERE id = $1;
@@ -404,3 +418,32 @@ RETURNING id;
 SELECT id, at, operator, action, target, detail, peer FROM audit
  WHERE id < $1 AND ($3::text IS NULL OR action = $3) AND ($4::text IS NULL OR operator = $4)
  ORDER BY id DESC LIMIT $2;
+
+-- name: lock_queues
+-- Subscriber queues (relay.store.ordering), locked to the end of the transaction, in one order
+-- (no deadlocks between batches): whoever adds to a queue or finishes its head holds its row,
+-- so each reads what the others committed. A row exists while its queue may be unfinished.
+INSERT INTO order_queues AS q (destination, key)
+SELECT d, k FROM unnest($1::text[], $2::int8[]) AS u(d, k) ORDER BY d, k
+ON CONFLICT (destination, key) DO UPDATE SET key = q.key;
+
+-- name: queue_heads
+-- Each queue's head: its earliest unfinished delivery, and whether it still waits (none: the
+-- queue is empty).
+SELECT u.d, u.k, h.id, h.next_attempt_at IS NULL
+  FROM unnest($1::text[], $2::int8[]) AS u(d, k)
+  LEFT JOIN LATERAL (
+      SELECT id, next_attempt_at FROM deliveries
+       WHERE destination = u.d AND order_key = u.k
+         AND state IN ('pending', 'delivering', 'paused')
+       ORDER BY id LIMIT 1) AS h ON true;
+
+-- name: release_heads
+-- Waiting heads due now; $2: the dead delivery each went after, if any.
+UPDATE deliveries d SET next_attempt_at = relay_now(), after_dead = u.after
+  FROM unnest($1::int8[], $2::int8[]) AS u(id, after)
+ WHERE d.id = u.id AND d.next_attempt_at IS NULL;
+
+-- name: drop_queues
+DELETE FROM order_queues q USING unnest($1::text[], $2::int8[]) AS u(d, k)
+ WHERE q.destination = u.d AND q.key = u.k;

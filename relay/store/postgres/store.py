@@ -33,7 +33,7 @@ from relay.model import (
 )
 from relay.store.base import ANY, DestinationStats, Signal, SignalKind, Store, StoreError
 from relay.store.gate import Completion, Gate, GatedClaim
-from relay.store.postgres import gates
+from relay.store.postgres import gates, ordering
 from relay.store.postgres.archive import PostgresArchive
 from relay.store.postgres.connect import (
     CONNECTION_ERRORS,
@@ -184,7 +184,10 @@ class PostgresStore(PostgresArchive, PostgresControl, Store):
     async def claim(self, destination: str, limit: int, lease: float) -> list[ClaimedDelivery]:
         claimed, orphans = _claimed(await self._fetch(Q["claim"], destination, limit, lease))
         if orphans:
-            await self._fetch(Q["orphaned"], orphans, ORPHANED)
+            async with self._transaction() as conn:
+                await ordering.finished(
+                    conn, await conn.fetch(Q["orphaned"], orphans, ORPHANED), "dead"
+                )
         return claimed
 
     async def claim_gated(
@@ -193,7 +196,9 @@ class PostgresStore(PostgresArchive, PostgresControl, Store):
         async def claim(conn: asyncpg.Connection, n: int) -> list[ClaimedDelivery]:
             claimed, orphans = _claimed(await conn.fetch(Q["claim"], destination, n, lease))
             if orphans:
-                await conn.execute(Q["orphaned"], orphans, ORPHANED)
+                await ordering.finished(
+                    conn, await conn.fetch(Q["orphaned"], orphans, ORPHANED), "dead"
+                )
             return claimed
 
         async with self._transaction() as conn:
@@ -279,7 +284,7 @@ def _claimed(rows: Sequence[asyncpg.Record]) -> tuple[list[ClaimedDelivery], lis
             id=r[0], event_id=r[1], destination=r[2], attempt=r[3], replay=r[4],
             inbound=r[5], source=r[6], type=r[7], received_at=r[8], body=bytes(r[9]),
             content_type=r[10], fired_at=r[11], created_at=r[12], claimed_at=r[13],
-            held_attempts=r[15],
+            held_attempts=r[15], order_key=r[16],
         )
         for r in rows
         if not r[14]

@@ -31,7 +31,8 @@ from relay.model import (
 )
 from relay.store.base import StoreError
 from relay.store.gate import Gate
-from relay.store.postgres import gates
+from relay.store.ordering import Releases, delivery_key
+from relay.store.postgres import gates, ordering
 from relay.store.postgres.connect import CONNECTION_ERRORS, clean_text, lock_key, store_error
 from relay.store.rules import (
     dead_reason,
@@ -242,12 +243,13 @@ class Writer:
 
     async def _apply(self, conn: asyncpg.Connection, ops: Sequence[Op]) -> Outcome:
         outcome = Outcome(results=[None] * len(ops), due=set())
+        releases = Releases()
         ingests = [(i, op) for i, op in enumerate(ops) if isinstance(op, IngestOp)]
         completes = [(i, op) for i, op in enumerate(ops) if isinstance(op, CompleteOp)]
         async with conn.transaction():
             if completes:
                 results = await _write_completes(
-                    conn, [op for _, op in completes], outcome.circuits
+                    conn, [op for _, op in completes], outcome.circuits, releases
                 )
                 for (i, _), result in zip(completes, results, strict=True):
                     outcome.results[i] = result
@@ -255,9 +257,13 @@ class Writer:
                 if isinstance(ping, PingOp):
                     await conn.execute(Q["heartbeat"], ping.owner)
             if ingests:
-                results = await self._write_ingests(conn, [op for _, op in ingests], outcome.due)
+                results = await self._write_ingests(
+                    conn, [op for _, op in ingests], outcome.due, releases
+                )
                 for (i, _), result in zip(ingests, results, strict=True):
                     outcome.results[i] = result
+            # Last, after every other lock: subscriber queues touched by this batch.
+            outcome.due |= await ordering.release(conn, releases)
             if outcome.due:
                 await conn.execute(Q["notify"], CHANNEL, "due:" + ",".join(sorted(outcome.due)))
             if outcome.circuits:
@@ -266,7 +272,7 @@ class Writer:
         return outcome
 
     async def _write_ingests(
-        self, conn: asyncpg.Connection, ops: Sequence[IngestOp], due: set[str]
+        self, conn: asyncpg.Connection, ops: Sequence[IngestOp], due: set[str], releases: Releases
     ) -> list[dict[str, str]]:
         names = sorted({name for op in ops for e in op.events for name in e.destinations})
         paused: frozenset[str] = frozenset()
@@ -288,7 +294,7 @@ class Writer:
         originals = await self._originals(conn, ops)
         duplicates: list[dict[str, str]] = []
         events: list[tuple[Any, ...]] = []
-        deliveries: list[tuple[str, str, str]] = []
+        deliveries: list[tuple[str, str, str, int | None]] = []
         for op in ops:
             dups: dict[str, str] = {}
             duplicates.append(dups)
@@ -307,7 +313,9 @@ class Writer:
                     state = initial_state(name, paused)
                     if state is DeliveryState.PENDING:
                         due.add(name)
-                    deliveries.append((event_id, name, state.value))
+                    key = delivery_key(e, name)
+                    releases.joined(name, key)
+                    deliveries.append((event_id, name, state.value, key))
         # From here to commit, one ingest at a time across every process: positions are taken in
         # commit order, and the inbounds' usage rows (locked by the update until commit) cost no
         # more waiting than the lock already does.
@@ -319,7 +327,9 @@ class Writer:
             rows = [(*row[:14], first + n, row[14]) for n, row in enumerate(events)]
             await conn.execute(Q["insert_events"], *_columns(rows, 16))
         if deliveries:
-            await conn.execute(Q["insert_deliveries"], *_columns(deliveries, 3))
+            # Queues are held before their deliveries get ids: ids are then queue order.
+            await ordering.lock(conn, releases)
+            await conn.execute(Q["insert_deliveries"], *_columns(deliveries, 4))
         self._known_destinations.update(names)
         return duplicates
 
@@ -349,7 +359,7 @@ class Writer:
 
 
 async def _write_completes(
-    conn: asyncpg.Connection, ops: Sequence[CompleteOp], circuits: set[str]
+    conn: asyncpg.Connection, ops: Sequence[CompleteOp], circuits: set[str], releases: Releases
 ) -> list[Any]:
     """Each op's answer: whether it held its lease, or with a breaker, its Completion."""
     # Circuits move first: one that is open holds back what an attempt decided.
@@ -373,6 +383,10 @@ async def _write_completes(
              resolver(d.id))
         )  # fmt: skip
     held = {int(r[0]) for r in await conn.fetch(Q["complete"], *_columns(updates, 9))}
+    for op, update in zip(ops, updates, strict=True):
+        if op.delivery.id in held:
+            releases.finished(op.delivery.destination, op.delivery.order_key, op.delivery.id,
+                              update[2])  # fmt: skip
     await conn.execute(Q["insert_attempts"], *_columns(attempts, 8))
     if gated:
         uncharged = [ops[i].delivery for i, c in gated.items() if not c.charged]

@@ -37,9 +37,11 @@ from relay.store.filters import (
     events_query,
     id_bound,
 )
+from relay.store.ordering import Releases, keys_for
 from relay.store.rows import REPLAY_COLUMNS, event_record, listing_record, replay_record
 from relay.store.rules import initial_state
-from relay.store.sqlite.writer import ADD_USAGE, PAUSED, clock
+from relay.store.sqlite import ordering
+from relay.store.sqlite.writer import ADD_USAGE, IN_CHUNK, PAUSED, clock
 
 
 class SqliteAdminMixin:
@@ -181,8 +183,9 @@ class SqliteAdminMixin:
         matched: int,
         cursor: int | None = None,
         owner: str | None = None,
+        ordered: frozenset[str] = frozenset(),
     ) -> list[CreatedDelivery]:
-        def insert(conn: sqlite3.Connection) -> list[CreatedDelivery]:
+        def insert(conn: sqlite3.Connection) -> tuple[list[CreatedDelivery], set[str]]:
             if owner is not None and not conn.execute(
                 "SELECT 1 FROM replays WHERE id = ? AND owner = ? AND state = 'running'",
                 (replay_id, owner),
@@ -190,17 +193,22 @@ class SqliteAdminMixin:
                 raise ReplayEndedError(f"replay {replay_id} is no longer run by this process")
             now = clock()
             paused = frozenset(str(r[0]) for r in conn.execute(PAUSED))
-            rows = [
-                (event_id, name, initial_state(name, paused).value, now, now, now, replay_id,
-                 event_id)
-                for event_id, name in pairs
-            ]  # fmt: skip
+            keys = keys_for(pairs, ordered, _event_facts(conn, pairs, ordered))
+            releases = Releases()
+            rows = []
+            for (event_id, name), key in zip(pairs, keys, strict=True):
+                # An ordered one joins the end of its subscriber's queue (released below).
+                releases.joined(name, key)
+                rows.append(
+                    (event_id, name, initial_state(name, paused).value,
+                     now if key is None else None, now, now, replay_id, key, event_id)
+                )  # fmt: skip
             first = conn.execute("SELECT coalesce(max(id), 0) FROM deliveries").fetchone()[0]
             # An event pruned since the replay read it gets no delivery: one without its event
             # could be claimed but never sent, and would hold its lease forever.
             conn.executemany(
                 "INSERT INTO deliveries (event_id, destination, state, next_attempt_at,"
-                " created_at, updated_at, replay_id) SELECT ?,?,?,?,?,?,?"
+                " created_at, updated_at, replay_id, order_key) SELECT ?,?,?,?,?,?,?,?"
                 " WHERE EXISTS (SELECT 1 FROM events WHERE id = ?)",
                 rows,
             )
@@ -217,10 +225,13 @@ class SqliteAdminMixin:
                 " cursor = coalesce(?, cursor) WHERE id = ?",
                 (matched, len(made), cursor, replay_id),
             )
-            return made
+            return made, ordering.release(conn, releases, now)
 
-        created: list[CreatedDelivery] = await self.call(insert)
-        self.signals.emit_due({c.destination for c in created if c.state is DeliveryState.PENDING})
+        created: list[CreatedDelivery]
+        due: set[str]
+        created, due = await self.call(insert)
+        waiting = {c.destination for c in created if c.state is DeliveryState.PENDING}
+        self.signals.emit_due(due | waiting)
         return created
 
     async def finish_replay(self, replay_id: int, state: ReplayState) -> None:
@@ -272,10 +283,13 @@ class SqliteAdminMixin:
                     (now, name),
                 )
             else:
-                # Due now, but in their old order: min() keeps earlier ones first.
+                # Due now, but in their old order: min() keeps earlier ones first. One waiting
+                # behind an earlier delivery of its subscriber (relay.store.ordering) waits on.
                 cursor = conn.execute(
                     "UPDATE deliveries SET state = 'pending', updated_at = ?,"
-                    " next_attempt_at = min(coalesce(next_attempt_at, ?), ?)"
+                    " next_attempt_at = CASE WHEN order_key IS NOT NULL"
+                    " AND next_attempt_at IS NULL THEN NULL"
+                    " ELSE min(coalesce(next_attempt_at, ?), ?) END"
                     " WHERE destination = ? AND state = 'paused'",
                     (now, now, now, name),
                 )
@@ -373,3 +387,21 @@ def _prune_batch(
         return len(ids), len(gone), last
 
     return run
+
+
+def _event_facts(
+    conn: sqlite3.Connection, pairs: Sequence[tuple[str, str]], ordered: frozenset[str]
+) -> dict[str, tuple[str | None, str | None]]:
+    """List id and email of the events a replay sends to ordered destinations (their queues)."""
+    wanted = sorted({event_id for event_id, name in pairs if name in ordered})
+    facts: dict[str, tuple[str | None, str | None]] = {}
+    for start in range(0, len(wanted), IN_CHUNK):
+        chunk = wanted[start : start + IN_CHUNK]
+        facts.update(
+            (str(r[0]), (r[1], r[2]))
+            for r in conn.execute(
+                f"SELECT id, list_id, email FROM events WHERE id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+        )
+    return facts

@@ -16,6 +16,7 @@ from relay.model import (
     AuditRecord,
     DeliveryFilter,
     DeliveryRecord,
+    DeliveryState,
     NewAudit,
     ReplayPage,
     ReplayState,
@@ -23,7 +24,9 @@ from relay.model import (
 from relay.store.base import Signal, SignalKind, Signals
 from relay.store.filters import SQLITE, waiting_count_query, waiting_ids_query
 from relay.store.health import HealthReport, health_query, health_report
+from relay.store.ordering import Releases
 from relay.store.rows import DELIVERY_COLUMNS, REPLAY_COLUMNS, delivery_record, replay_record
+from relay.store.sqlite import ordering
 from relay.store.sqlite.writer import clock
 
 _AUDIT_COLUMNS = "id, at, operator, action, target, detail, peer"
@@ -52,7 +55,8 @@ class SqliteControlMixin:
         def update(conn: sqlite3.Connection) -> str | None:
             row = conn.execute(
                 "UPDATE deliveries SET next_attempt_at = min(next_attempt_at, ?), updated_at = ?"
-                " WHERE id = ? AND state = 'pending' RETURNING destination",
+                " WHERE id = ? AND state = 'pending' AND next_attempt_at IS NOT NULL"
+                " RETURNING destination",
                 (clock(), clock(), delivery_id),
             ).fetchone()
             return str(row[0]) if row is not None else None
@@ -82,29 +86,38 @@ class SqliteControlMixin:
         return int(rows[0][0])
 
     async def discard(self, where: DeliveryFilter, batch: int = 500) -> dict[str, int]:
-        def discard_batch(after: int) -> Callable[[sqlite3.Connection], tuple[list[str], int]]:
-            def run(conn: sqlite3.Connection) -> tuple[list[str], int]:
+        Batch = tuple[list[str], int, set[str]]
+
+        def discard_batch(after: int) -> Callable[[sqlite3.Connection], Batch]:
+            def run(conn: sqlite3.Connection) -> Batch:
+                now = clock()
                 sql, params = waiting_ids_query(SQLITE, where, after, batch)
                 ids = [int(r[0]) for r in conn.execute(sql, params)]
                 if not ids:
-                    return [], 0
+                    return [], 0, set()
                 marks = ",".join("?" * len(ids))
                 # The states again: a delivery claimed since is in flight and keeps going.
                 states = ",".join("?" * len(where.states))
                 names = conn.execute(
                     f"UPDATE deliveries SET state = 'discarded', next_attempt_at = NULL,"
                     f" updated_at = ? WHERE id IN ({marks}) AND state IN ({states})"
-                    " RETURNING destination",
-                    [clock(), *ids, *(s.value for s in where.states)],
+                    " RETURNING destination, order_key, id",
+                    [now, *ids, *(s.value for s in where.states)],
                 ).fetchall()
-                return [str(r[0]) for r in names], ids[-1] if len(ids) == batch else 0
+                releases = Releases()
+                for name, key, delivery_id in names:
+                    releases.finished(name, key, delivery_id, DeliveryState.DISCARDED)
+                # A discarded head lets the next of its subscriber's deliveries go.
+                due = ordering.release(conn, releases, now)
+                return [str(r[0]) for r in names], ids[-1] if len(ids) == batch else 0, due
 
             return run
 
         counts: dict[str, int] = {}
         after = 0
         while True:
-            names, last = await self.call(discard_batch(after))
+            names, last, due = await self.call(discard_batch(after))
+            self.signals.emit_due(due)
             for name in names:
                 counts[name] = counts.get(name, 0) + 1
             if not last:

@@ -8,7 +8,7 @@ import dataclasses
 import sqlite3
 from collections.abc import Callable, Sequence
 
-from relay.model import ClaimedDelivery
+from relay.model import ClaimedDelivery, DeliveryState
 from relay.store.gate import (
     EXPIRY_ROUNDS,
     STATE_COLUMNS,
@@ -24,7 +24,9 @@ from relay.store.gate import (
     settle,
     state_of,
 )
+from relay.store.ordering import Releases
 from relay.store.rules import expired, expired_reason
+from relay.store.sqlite import ordering
 
 _READ = f"SELECT {STATE_COLUMNS} FROM destination_gates WHERE name = ?"
 _WRITE = (
@@ -91,6 +93,10 @@ def _live(
             reason = expired_reason(gate.max_age)
             conn.executemany(_EXPIRE, [(now, reason, reason, d.id) for d in stale])
             aged_out += len(stale)
+            # The next of a subscriber's deliveries may go (and be claimed in the next round).
+            releases = Releases()
+            releases.claimed_finished(stale, DeliveryState.DEAD)
+            ordering.release(conn, releases, now)
         if not stale or len(live) >= grant:
             break
     return live, aged_out

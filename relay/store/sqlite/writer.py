@@ -26,6 +26,7 @@ from relay.model import (
     RawRequest,
 )
 from relay.store.gate import Gate
+from relay.store.ordering import Releases, delivery_key
 from relay.store.rules import (
     ORPHANED,
     dead_reason,
@@ -36,7 +37,7 @@ from relay.store.rules import (
     resolver,
     stored_size,
 )
-from relay.store.sqlite import gates
+from relay.store.sqlite import gates, ordering
 
 PING_HEADROOM = 16 * 1024
 # Bound on parameters per IN (...) query; SQLite allows 32766 but short lists plan better.
@@ -62,7 +63,7 @@ ADD_USAGE = (
 )
 _INSERT_DELIVERY = (
     "INSERT INTO deliveries (event_id, destination, state, next_attempt_at, created_at,"
-    " updated_at) VALUES (?,?,?,?,?,?)"
+    " updated_at, order_key) VALUES (?,?,?,?,?,?,?)"
 )
 # The partial index deliveries_due covers exactly this WHERE clause, in next_attempt_at order.
 # A paused destination is checked here, in the claiming transaction, so a pause made by any
@@ -84,7 +85,7 @@ _CLAIMED_DETAIL = """
 SELECT d.id, d.event_id, d.destination, d.attempts, d.replay_id IS NOT NULL,
        e.inbound, e.source, e.type, e.received_at,
        coalesce(e.payload, r.body), coalesce(e.payload_content_type, r.content_type), e.fired_at,
-       d.created_at, d.held_attempts
+       d.created_at, d.held_attempts, d.order_key
   FROM deliveries d JOIN events e ON e.id = d.event_id JOIN requests r ON r.id = e.request_id
  WHERE d.id IN ({ids})
 """
@@ -202,6 +203,7 @@ def apply_batch(
 ) -> BatchOutcome:
     """Apply ``ops`` in one transaction; on any error roll back and raise."""
     outcome = BatchOutcome(results=[None] * len(ops), due=set())
+    releases = Releases()
     conn.execute("BEGIN IMMEDIATE")
     try:
         # Read under the write lock: no other process can pause or write meanwhile.
@@ -209,16 +211,20 @@ def apply_batch(
         ingests = [(i, op) for i, op in enumerate(ops) if isinstance(op, IngestOp)]
         if ingests:
             duplicates = _write_ingests(conn, [op for _, op in ingests], now, dedup_window,
-                                        outcome.due)  # fmt: skip
+                                        outcome.due, releases)  # fmt: skip
             if limits is not None and _pages_used(conn) > limits.ingest:
                 raise _full()
             for (i, _), dups in zip(ingests, duplicates, strict=True):
                 outcome.results[i] = dups
         completes = [(i, op) for i, op in enumerate(ops) if isinstance(op, CompleteOp)]
         if completes:
-            results = _write_completes(conn, [op for _, op in completes], now, outcome.circuits)
+            results = _write_completes(
+                conn, [op for _, op in completes], now, outcome.circuits, releases
+            )
             for (i, _), result in zip(completes, results, strict=True):
                 outcome.results[i] = result
+        if releases.queues:
+            outcome.due |= ordering.release(conn, releases, now)
         for i, op in enumerate(ops):
             if isinstance(op, ClaimOp):
                 full = limits is not None and _pages_used(conn) > limits.claim
@@ -275,6 +281,7 @@ def _write_ingests(
     now: float,
     dedup_window: float,
     due: set[str],
+    releases: Releases,
 ) -> list[dict[str, str]]:
     requests = []
     events = []
@@ -318,7 +325,11 @@ def _write_ingests(
                 state = initial_state(name, paused)
                 if state is DeliveryState.PENDING:
                     due.add(name)
-                deliveries.append((event_id, name, state.value, now, now, now))
+                # An ordered one waits (no due time) until the queue is released below.
+                key = delivery_key(e, name)
+                releases.joined(name, key)
+                next_at = now if key is None else None
+                deliveries.append((event_id, name, state.value, next_at, now, now, key))
     conn.executemany(_INSERT_REQUEST, requests)
     conn.executemany(ADD_USAGE, sorted(usage.items()))
     if events:
@@ -331,7 +342,11 @@ def _write_ingests(
 
 
 def _write_completes(
-    conn: sqlite3.Connection, ops: Sequence[CompleteOp], now: float, circuits: set[str]
+    conn: sqlite3.Connection,
+    ops: Sequence[CompleteOp],
+    now: float,
+    circuits: set[str],
+    releases: Releases,
 ) -> list[Any]:
     """Each op's answer: whether it held its lease, or with a breaker, its Completion."""
     # Circuits move first: one that is open holds back what an attempt decided.
@@ -360,6 +375,8 @@ def _write_completes(
              r.status, recorded_error(r, dec), dead_reason(dec), d.id, d.attempt),
         )  # fmt: skip
         held.append(cursor.rowcount > 0)
+        if cursor.rowcount > 0:
+            releases.finished(d.destination, d.order_key, d.id, dec.state)
         if delivered and cursor.rowcount > 0:
             resolved.append((finished, resolver(d.id), d.destination, d.event_id))
     conn.executemany(_INSERT_ATTEMPT, attempts)
@@ -399,7 +416,7 @@ def _claim(
             id=row[0], event_id=row[1], destination=row[2], attempt=row[3], replay=bool(row[4]),
             inbound=row[5], source=row[6], type=row[7], received_at=row[8], body=bytes(row[9]),
             content_type=row[10], fired_at=row[11], created_at=row[12], claimed_at=now,
-            held_attempts=row[13],
+            held_attempts=row[13], order_key=row[14],
         )
         for row in (detail[i] for i in ids if i in detail)
     ]  # fmt: skip
@@ -407,9 +424,14 @@ def _claim(
         # A delivery whose event is gone can never be sent; left leased it would be claimed
         # again at every lease expiry, forever.
         orphans = set(ids) - {c.id for c in claimed}
-        conn.execute(
+        dead = conn.execute(
             f"UPDATE deliveries SET state = 'dead', next_attempt_at = NULL, updated_at = ?,"
-            f" last_error = ?, dead_reason = ? WHERE id IN ({','.join('?' * len(orphans))})",
+            f" last_error = ?, dead_reason = ? WHERE id IN ({','.join('?' * len(orphans))})"
+            " RETURNING destination, order_key, id",
             (now, ORPHANED, ORPHANED, *orphans),
-        )
+        ).fetchall()
+        releases = Releases()
+        for destination, key, delivery_id in dead:
+            releases.finished(destination, key, delivery_id, DeliveryState.DEAD)
+        ordering.release(conn, releases, now)
     return claimed
