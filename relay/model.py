@@ -128,8 +128,7 @@ class NewEvent:
     fired_at: float | None = None
     parse_error: str | None = None
     dedup_key: str | None = None
-    # The bytes forwarded downstream when they differ from the request body (one element of a
-    # Mandrill batch); None means "the request body".
+    # The bytes sent downstream if not the request body (None): one element of a Mandrill batch.
     payload: bytes | None = None
     payload_content_type: str | None = None
     ordered: tuple[str, ...] = ()  # of ``destinations``, those with ordering = "subscriber"
@@ -221,16 +220,14 @@ class DeliveryRecord:
     last_status: int | None
     last_error: str | None
     replay_id: int | None
-    # Why a dead delivery was given up (attempts or age exhausted, a permanent 4xx); last_error
-    # keeps what its last attempt got.
+    # Why a dead delivery was given up (attempts, age, a 4xx); last_error: its last attempt's.
     dead_reason: str | None = None
     # A dead delivery is resolved once its event reached the destination by another delivery,
     # or an operator said so; only unresolved ones are dead letters.
     resolved_at: float | None = None
     resolved_by: str | None = None
     resolve_reason: str | None = None
-    # The dead delivery of its subscriber it waited behind (ordered destinations only).
-    after_dead: int | None = None
+    after_dead: int | None = None  # the dead delivery it waited behind (ordered destinations)
     attempt_log: tuple[AttemptRecord, ...] = ()
 
 

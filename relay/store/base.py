@@ -162,8 +162,7 @@ class DeliveryQueue(abc.ABC):
 
         The store gives the events their ids and their place in the events cursor, in commit
         order. An event whose dedup key was stored within the dedup window is kept as a
-        duplicate, without deliveries. Deliveries to a paused destination start paused. A
-        delivery to one of an event's ``ordered`` destinations joins its subscriber's queue.
+        duplicate, without deliveries. Deliveries to a paused destination start paused.
 
         Returns only once committed durably; raises StoreError if not committed. Concurrent
         calls share transactions (group commit).
@@ -174,9 +173,8 @@ class DeliveryQueue(abc.ABC):
         """Lease up to ``limit`` due deliveries of ``destination`` for ``lease`` seconds, the
         earliest due first, and return them in that order.
 
-        Nothing is claimed while the destination is paused. Of a subscriber's deliveries to an
-        ordered destination only the earliest unfinished one is ever due
-        (``relay.store.ordering``). A delivery whose event is no longer
+        Nothing is claimed while the destination is paused, nor what waits in a subscriber
+        queue (``relay.store.ordering``). A delivery whose event is no longer
         stored is marked dead instead of being returned. A delivering one whose lease ran out is
         due again (its worker died), and is claimed like a pending one.
         """
@@ -320,10 +318,7 @@ class Archive(abc.ABC):
     ) -> list[CreatedDelivery]:
         """Create one new delivery per (event id, destination), due now, and count progress.
 
-        A delivery to one of the ``ordered`` destinations joins the end of its subscriber's
-        queue instead (``relay.store.ordering``): it is due once what was queued before it is
-        finished.
-
+        One to an ``ordered`` destination joins the end of its subscriber's queue instead.
         ``cursor`` (the last event position walked) is saved in the same transaction, so a
         replay resumed by another process neither skips nor repeats events. With ``owner``, the
         write only happens while that owner holds the replay (else StoreError). Deliveries to a
@@ -375,8 +370,8 @@ class Archive(abc.ABC):
 
     @abc.abstractmethod
     async def retry_delivery(self, delivery_id: int) -> bool:
-        """Make a pending delivery (waiting out its backoff) due now; False if not pending, or
-        if it waits behind an earlier delivery of its subscriber (ordered destinations)."""
+        """Make a pending delivery (waiting out its backoff) due now; False if not pending (or
+        waiting in a subscriber queue)."""
 
     @abc.abstractmethod
     async def resolve_delivery(self, delivery_id: int, by: str, reason: str | None) -> bool:
