@@ -158,6 +158,8 @@ class Supervisor:
                 log.info("worker %d started (pid %d)", slot.index, slot.proc.pid)
                 if self._stopping.is_set():  # shutdown began while it was being started
                     self._signal(slot, signal.SIGTERM)
+                assert slot.proc.stdout is not None
+                await pass_lines_on(slot.proc.stdout, sys.stderr.fileno())
                 code = await slot.proc.wait()
             if self._stopping.is_set():
                 # A worker still starting has no handler yet: SIGTERM ends it at once, which
@@ -189,6 +191,9 @@ class Supervisor:
             sys.executable, "-m", "relay", "serve", "--config", str(self.config_path),
             env=env,
             pass_fds=(*self._pass_fds, lifeline),
+            # Its log lines come through the supervisor (pass_lines_on), whole.
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
             # Its own process group: a terminal's Ctrl-C or hang-up reaches the supervisor
             # only, which passes it on once, in order.
             process_group=0,
@@ -229,6 +234,36 @@ class Supervisor:
         log.info("reload: config file valid, passing SIGHUP to %d workers", len(self._slots))
         for slot in self._slots:
             self._signal(slot, signal.SIGHUP)
+
+
+async def pass_lines_on(stream: asyncio.StreamReader, fd: int) -> None:
+    """Copy a worker's output to ``fd`` until it ends, in writes of whole lines.
+
+    Each worker buffers its log lines and writes them in blocks. Written straight to one shared
+    pipe or journald socket, blocks of several processes could interleave mid-line (only writes
+    up to PIPE_BUF bytes are atomic); copied here, by one writer, every line stays whole.
+    """
+    tail = b""
+    while chunk := await stream.read(1 << 16):
+        cut = chunk.rfind(b"\n") + 1
+        if not cut:
+            tail += chunk
+            continue
+        _write_all(fd, tail + chunk[:cut])
+        tail = chunk[cut:]
+    if tail:
+        _write_all(fd, tail + b"\n")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            time.sleep(0.001)  # a non-blocking stderr that is full: wait for its reader
+        except OSError:
+            return  # nowhere to write (stderr closed): the lines are lost, the workers go on
 
 
 def _hold_addresses(settings: Settings) -> list[socket.socket]:

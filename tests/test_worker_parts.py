@@ -1,5 +1,6 @@
-"""Worker processes of one relay on one SQLite file: signals cross between them, and their
-writers take turns instead of starving each other.
+"""The parts that let several worker processes of one relay work together, tested in one
+process: on one SQLite file, signals cross between workers and their writers take turns
+instead of starving each other; their log lines reach the supervisor's output whole.
 
 Each Store here stands for one worker process (a Store opens its own connections, writer thread
 and sockets, as a process would).
@@ -8,6 +9,7 @@ and sockets, as a process would).
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 from relay.config import StorageConfig
 from relay.config.schema import SqliteSettings
 from relay.model import NewReplay
+from relay.server.supervisor import pass_lines_on
 from relay.store import SignalKind, Store, StoreError, create_store
 from relay.store.siblings import Siblings
 from tests.store_contract.kit import Heard, ingest_one, new_event, raw_request
@@ -103,3 +106,18 @@ async def test_workers_writing_flat_out_all_commit_within_a_short_busy_timeout(
         for store in stores:
             await store.close()
     assert sum(failures) == 0
+
+
+async def test_worker_output_is_passed_on_in_writes_of_whole_lines() -> None:
+    # A SOCK_SEQPACKET socket keeps each write apart, so each can be looked at alone.
+    into, out = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stream = asyncio.StreamReader()
+    for chunk in (b"one\ntw", b"o\nthr", b"ee", b"\nfour\n", b"five"):
+        stream.feed_data(chunk)
+    stream.feed_eof()
+    with into, out:
+        await pass_lines_on(stream, into.fileno())
+        into.shutdown(socket.SHUT_WR)
+        writes = list(iter(lambda: out.recv(1 << 16), b""))
+    assert all(w.endswith(b"\n") for w in writes), writes
+    assert b"".join(writes) == b"one\ntwo\nthree\nfour\nfive\n"
