@@ -176,6 +176,13 @@ async def test_sighup_reaches_every_worker_once_the_file_is_valid(
             async with s.post(url, data=body, headers={"Content-Type": FORM}) as r:
                 assert r.status == 200
     await wait_until(lambda: len(sink.at("/audit")) == 8, what="deliveries to the new one")
+
+    async def finished() -> bool:
+        return await rig.store.unfinished() == 0
+
+    await wait_until(finished, what="every delivery to be recorded")
+    # Both workers were woken for each one; the lease gave each to one of them.
+    assert sorted(Counter(r.body for r in sink.at("/audit")).values()) == [1] * 8
     rig.relay.kill(signal.SIGTERM)
     assert await asyncio.to_thread(rig.relay.wait, 30) == 0
 
