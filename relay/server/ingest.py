@@ -277,11 +277,12 @@ class Ingest:
             self.metrics.count_event(inbound.name, event.type, inbound.source)
         if duplicates := stored.duplicates:
             self.metrics.duplicates.labels(inbound.name).inc(len(duplicates))
-            log.info(
-                "request inbound=%s request=%s duplicates=%s (not delivered again)",
-                inbound.name,
-                raw.id,
-                ",".join(f"{dup}->{orig}" for dup, orig in list(duplicates.items())[:5]),
+            # A retry storm makes this as frequent as the accepted line: the same fast path.
+            pairs = ",".join(f"{dup}->{orig}" for dup, orig in list(duplicates.items())[:5])
+            hot_log.log(
+                logging.INFO,
+                f"request inbound={inbound.name} request={raw.id} duplicates={pairs}"
+                " (not delivered again)",
             )
         self._log_accepted(inbound, raw, events, stored.event_ids, elapsed)
         return _text(200, "OK")
