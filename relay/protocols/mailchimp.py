@@ -16,6 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -313,6 +314,8 @@ def _text(mapping: Mapping[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+# Webhooks fired in the same second share their fired_at: a burst parses each value once.
+@lru_cache(maxsize=256)
 def parse_fired_at(text: str | None) -> datetime | None:
     match = _FIRED_AT_RE.fullmatch(text) if text is not None else None
     if match is None:
