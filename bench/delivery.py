@@ -1,5 +1,6 @@
-"""Delivery: one ClientSession's ceiling, then relay draining a backlog, on SQLite and on
-PostgreSQL (reps interleaved, a fresh store for each drain)."""
+"""Delivery: one ClientSession's ceiling, then relay draining a backlog: on SQLite, on
+PostgreSQL, and two relays on one PostgreSQL database (reps interleaved, a fresh store for each
+drain)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import targets
 CEILING = "one ClientSession (ceiling)"
 RELAY = "relay"
 RELAY_PG = "relay on PostgreSQL"
+RELAY_PAIR = "two relays on PostgreSQL"
 GOALS = {
     RELAY: [goals.Goal(CEILING, 0.6, label="ceiling")],
     RELAY_PG: [goals.Goal(RELAY, 0.8)],
@@ -46,23 +48,27 @@ def ceiling(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def drain_once(name: str, rep: int, *, events: int, expected: int, connections: int,
-               workers: str | int | None = None, ordering: str | None = None,
-               paused: Sequence[str] = targets.DESTINATIONS,
+               ordering: str | None = None, paused: Sequence[str] = targets.DESTINATIONS,
                loadgen_args: Sequence[str] = ()) -> h.Drained:
-    """Start a relay on a fresh store (``on PostgreSQL`` in ``name``: a fresh database), pause
-    its destinations, and time the drain of ``events`` (see ``harness.drain``)."""
+    """Start a relay on a fresh store (``on PostgreSQL`` in ``name``: a fresh database; the
+    pair: two unpinned relays on it), pause its destinations, and time the drain of ``events``
+    (see ``harness.drain``)."""
     slug = "".join(c if c.isalnum() else "-" for c in name)
-    work = h.fresh_dir(f"drain-{slug}-{rep + 1}")
+    ports = targets.RELAY_PAIR_PORTS if name == RELAY_PAIR else (targets.RELAY_PORT,)
     with contextlib.ExitStack() as stack:
         url = (stack.enter_context(pg.fresh_database("drain"))
                if "PostgreSQL" in name else None)
-        launch = targets.relay(work, retry=RETRY, name=name, storage_url=url, workers=workers,
-                               ordering=ordering)
-        stack.enter_context(h.start(launch, work, h.SERVER_CPU if workers is None else None))
-        if problem := targets.relay_admin("pause", tuple(paused), port=launch.port):
-            raise RuntimeError(problem)
+        launches = []
+        for i, port in enumerate(ports):
+            work = h.fresh_dir(f"drain-{slug}-{rep + 1}-{i}")
+            launch = targets.relay(work, retry=RETRY, name=name, port=port, storage_url=url,
+                                   ordering=ordering)
+            stack.enter_context(h.start(launch, work, h.SERVER_CPU if len(ports) == 1 else None))
+            if problem := targets.relay_admin("pause", tuple(paused), port=port):
+                raise RuntimeError(problem)
+            launches.append(launch)
         h.say(f"  {name} drain rep {rep + 1}: ingesting {events:,} events ...")
-        done = h.drain(launch, events=events, expected=expected, paused=paused,
+        done = h.drain(launches, events=events, expected=expected, paused=paused,
                        connections=connections, loadgen_args=loadgen_args)
     extra = done.received - expected
     h.say(f"    {expected:,} deliveries in {done.seconds:.1f} s: {done.rps:,.0f}/s"
@@ -82,17 +88,18 @@ def drain_row(name: str, results: list[h.Drained], events: int, expected: int,
 
 
 def bench_delivery(args: argparse.Namespace) -> dict[str, Any]:
-    h.check_ports(targets.RELAY_PORT, targets.SINK_PORT)
+    h.check_ports(targets.RELAY_PORT, *targets.RELAY_PAIR_PORTS, targets.SINK_PORT)
     notes: list[str] = []
     rows = [ceiling(args)]
+    rows[0]["placement"] = "client core 0, sink core 1"
     expected = args.events * targets.relay_matched_per_event()
-    variants = [RELAY, RELAY_PG]
+    variants = [RELAY, RELAY_PG, RELAY_PAIR]
     results: dict[str, list[h.Drained]] = {name: [] for name in variants}
     skipped: dict[str, str] = {}
     if problem := h.relay_problem():
         skipped = dict.fromkeys(variants, problem)
     elif problem := pg.problem():
-        skipped[RELAY_PG] = problem
+        skipped[RELAY_PG] = skipped[RELAY_PAIR] = problem
     for rep in range(args.reps):
         for name in variants:
             if name in skipped:
@@ -108,6 +115,7 @@ def bench_delivery(args: argparse.Namespace) -> dict[str, Any]:
             rows.append({"target": name, "skipped": skipped[name]})
         else:
             rows.append(drain_row(name, results[name], args.events, expected, notes))
+        rows[-1]["placement"] = h.SHARED if name == RELAY_PAIR else h.PINNED
     relay_rps = rows[1].get("rps")
     for row in rows:
         if row.get("rps") is not None:
@@ -116,6 +124,10 @@ def bench_delivery(args: argparse.Namespace) -> dict[str, Any]:
                 row["vs_relay"] = row["rps"] / relay_rps
     goals.annotate(rows, GOALS)
     if RELAY_PG not in skipped:
-        notes.append(f"{RELAY_PG}: a fresh database for each drain, created and dropped by the "
-                     "bench; the PostgreSQL server is the machine's own service, not pinned")
+        notes.append("PostgreSQL rows: a fresh database for each drain, created and dropped by "
+                     "the bench; the PostgreSQL server is the machine's own service, not pinned")
+    if RELAY_PAIR not in skipped:
+        notes.append(f"{RELAY_PAIR}: two `relay serve` processes on one database, not pinned "
+                     "(they share both cores with the sink, which stays on core 1); the backlog "
+                     "is posted to the first, both are resumed, and both deliver it")
     return {"meta": h.meta(args, events=args.events), "rows": rows, "notes": notes}

@@ -180,12 +180,14 @@ class Drained:
     received: int
 
 
-def drain(launch: targets.Launch, *, events: int, expected: int, paused: Sequence[str],
-          connections: int, loadgen_args: Sequence[str] = ()) -> Drained:
-    """One drain of a backlog: ``launch`` must be running with ``paused`` destinations paused;
-    ``events`` are posted, then the sink is started and the destinations resumed, and the clock
-    runs from the resume to the sink's ``expected``-th request."""
+def drain(launches: Sequence[targets.Launch], *, events: int, expected: int,
+          paused: Sequence[str], connections: int, loadgen_args: Sequence[str] = ()) -> Drained:
+    """One drain of a backlog: ``launches`` (relays sharing one store) must be running with
+    ``paused`` destinations paused; ``events`` are posted to the first, then the sink is
+    started and the destinations resumed through each, and the clock runs from the resume to
+    the sink's ``expected``-th request."""
     sink = targets.sink()
+    launch = launches[0]
     loaded = run_loadgen("burst", "--url", launch.hook_url, "--body", str(BODY),
                          "--count", str(events), "--concurrency", str(connections),
                          *loadgen_args, timeout=1800)
@@ -196,8 +198,9 @@ def drain(launch: targets.Launch, *, events: int, expected: int, paused: Sequenc
     with procs.running("sink", sink.cmd, launch.config.parent / "sink.log", cpu=LOAD_CPU,
                        ready_url=sink.ready_url):
         t0 = time.time_ns()
-        if problem := targets.relay_admin("resume", tuple(paused), port=launch.port):
-            raise RuntimeError(problem)
+        for each in launches:
+            if problem := targets.relay_admin("resume", tuple(paused), port=each.port):
+                raise RuntimeError(problem)
         stats = wait_sink(expected, deadline_s=max(120.0, expected / 200))
     if stats["count"] < expected:
         raise RuntimeError(f"the sink got {stats['count']} of {expected} deliveries "

@@ -93,7 +93,7 @@ def delivery_md(data: dict[str, Any]) -> list[str]:
              "user inbound matches two destinations (crm, analytics), so N events make 2N "
              "deliveries. `vs relay` is the ratio to relay's SQLite drain.")
     return section("Delivery throughput", intro, data, [
-        ("events:", lambda r: num(r.get("events"))),
+        PLACE, ("events:", lambda r: num(r.get("events"))),
         ("deliveries:", lambda r: num(r["deliveries"])),
         ("deliveries/s:", lambda r: num(r["rps"])), ("seconds:", lambda r: num(r["seconds"], 1)),
         ("ratio to ceiling:", lambda r: times(r.get("ratio"))),
