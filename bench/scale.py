@@ -161,7 +161,7 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     port = int(os.environ.get("BENCH_PORT_BASE", "28000")) + 85
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=False).stdout.strip()  # fmt: skip
+                            text=True, check=False, cwd=BENCH).stdout.strip()  # fmt: skip
     history: list[dict[str, object]] = []
     results: dict[str, object] = {"history": history, "commit": commit, "quick": args.quick}
     for size in args.history:
