@@ -84,7 +84,8 @@ def drain_row(name: str, results: list[h.Drained], events: int, expected: int,
                      "deliveries (redeliveries)")
     return {"target": name, "events": events, "deliveries": expected,
             "rps": h.median([r.rps for r in results]),
-            "seconds": h.median([r.seconds for r in results]), "reps": [r.rps for r in results]}
+            "seconds": h.median([r.seconds for r in results]), "reps": [r.rps for r in results],
+            "out_of_order": max(r.out_of_order for r in results)}
 
 
 def bench_delivery(args: argparse.Namespace) -> dict[str, Any]:

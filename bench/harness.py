@@ -178,6 +178,7 @@ class Drained:
     rps: float
     seconds: float
     received: int
+    out_of_order: int  # deliveries the sink saw before a later event of the same subscriber
 
 
 def drain(launches: Sequence[targets.Launch], *, events: int, expected: int,
@@ -206,7 +207,7 @@ def drain(launches: Sequence[targets.Launch], *, events: int, expected: int,
         raise RuntimeError(f"the sink got {stats['count']} of {expected} deliveries "
                            "before the deadline")
     seconds = (stats["last_ns"] - t0) / 1e9
-    return Drained(expected / seconds, seconds, stats["count"])
+    return Drained(expected / seconds, seconds, stats["count"], stats["out_of_order"])
 
 
 def median(values: Sequence[float]) -> float:

@@ -55,5 +55,8 @@ def bench_ordering(args: argparse.Namespace) -> dict[str, Any]:
         if row.get("rps") is not None and base:
             row["ratio"] = row["rps"] / base
     goals.annotate(rows, GOALS)
+    ordered = rows[1]
+    if not ordered.get("skipped") and ordered.get("out_of_order"):
+        notes.append(f"{ORDERED}: {ordered['out_of_order']} deliveries arrived out of order")
     return {"meta": h.meta(args, events=count, subscribers=subscribers), "rows": rows,
             "notes": notes}

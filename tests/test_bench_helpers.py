@@ -21,6 +21,7 @@ import mandrill_batch  # noqa: E402
 import tables  # noqa: E402
 import targets  # noqa: E402
 import wrk  # noqa: E402
+from servers import sink  # noqa: E402
 
 sys.path.remove(str(ROOT / "bench"))
 
@@ -147,3 +148,22 @@ def test_a_row_not_available_stays_in_its_table() -> None:
     lines = tables.table(rows, [("req/s:", lambda r: tables.num(r["rps"])), ("goal", goals.render)])
     assert lines[:3] == ["| target | req/s | goal |", "|---|---:|---|", "| relay | 5 | - |"]
     assert lines[3:] == ["| ordered | not available at this commit | - |", "| pg | not measured | - |"]
+
+
+def test_the_sink_counts_a_subscriber_event_delivered_after_a_later_one() -> None:
+    body = (ROOT / "bench" / "body_subscribe.txt").read_bytes()
+    tally = sink.Tally()
+    # Request n is subscriber n % 1000's; 1005 twice is a redelivery, not a reordering.
+    for n in (5, 1005, 6, 1006, 1005, 2005, 7, 1):
+        tally.record("/ordered", "1", loadgen.variant(body, n, same=False, subscribers=1000))
+    assert tally.snapshot()["out_of_order"] == 0
+    # Subscriber 6's first event after its second: out of order; subscriber 1's second: fine.
+    for n in (6, 1001):
+        tally.record("/ordered", "1", loadgen.variant(body, n, same=False, subscribers=1000))
+    assert tally.snapshot()["out_of_order"] == 1
+
+
+def test_sink_reads_a_form_field_only_where_it_starts() -> None:
+    assert sink.field(b"a=1&data%5Bid%5D=42&b=2", sink.ID_FIELD) == b"42"
+    assert sink.field(b"data%5Bid%5D=7", sink.ID_FIELD) == b"7"
+    assert sink.field(b"xdata%5Bid%5D=7", sink.ID_FIELD) is None

@@ -20,6 +20,18 @@ from aiohttp import web
 
 # The form-encoded key the load generator appends; relay forwards bodies byte for byte.
 TS_FIELD = b"data%5Bmerges%5D%5BTS%5D="
+EMAIL_FIELD = b"data%5Bemail%5D="
+ID_FIELD = b"data%5Bid%5D="
+
+
+def field(body: bytes, name: bytes) -> bytes | None:
+    """The raw value of form field ``name`` (given with its ``=``), or None."""
+    at = body.find(name)
+    if at < 0 or (at > 0 and body[at - 1 : at] != b"&"):
+        return None
+    start = at + len(name)
+    end = body.find(b"&", start)
+    return body[start:] if end < 0 else body[start:end]
 
 
 def percentile(sorted_values: list[int], pct: float) -> float:
@@ -43,6 +55,10 @@ class Tally:
         self.by_path: Counter[str] = Counter()
         self.attempts: Counter[str] = Counter()
         self.latencies_ns: list[int] = []
+        # The load generator sends each subscriber's events in the order of their data[id]s;
+        # one arriving after a later one of the same subscriber was delivered is out of order.
+        self.last_id: dict[bytes, bytes] = {}
+        self.out_of_order = 0
 
     def record(self, path: str, attempt: str, body: bytes) -> None:
         now = time.time_ns()
@@ -53,13 +69,16 @@ class Tally:
         self.by_path[path] += 1
         if attempt:
             self.attempts[attempt] += 1
-        at = body.find(TS_FIELD)
-        if at >= 0:
-            start = at + len(TS_FIELD)
-            end = body.find(b"&", start)
-            raw = body[start:] if end < 0 else body[start:end]
-            if raw.isdigit():
-                self.latencies_ns.append(now - int(raw))
+        raw = field(body, TS_FIELD)
+        if raw is not None and raw.isdigit():
+            self.latencies_ns.append(now - int(raw))
+        email, event_id = field(body, EMAIL_FIELD), field(body, ID_FIELD)
+        if email is not None and event_id is not None:
+            last = self.last_id.get(email)
+            if last is not None and event_id < last:
+                self.out_of_order += 1
+            else:
+                self.last_id[email] = event_id
 
     def snapshot(self) -> dict[str, object]:
         lat = sorted(self.latencies_ns)
@@ -73,6 +92,7 @@ class Tally:
             "latency_p50_ms": percentile(lat, 50) / 1e6,
             "latency_p99_ms": percentile(lat, 99) / 1e6,
             "latency_max_ms": (lat[-1] / 1e6) if lat else 0.0,
+            "out_of_order": self.out_of_order,
         }
 
 
