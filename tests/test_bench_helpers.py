@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import goals  # noqa: E402
 import loadgen  # noqa: E402
 import mandrill_batch  # noqa: E402
+import run  # noqa: E402
 import tables  # noqa: E402
 import targets  # noqa: E402
 import wrk  # noqa: E402
@@ -167,3 +168,11 @@ def test_sink_reads_a_form_field_only_where_it_starts() -> None:
     assert sink.field(b"a=1&data%5Bid%5D=42&b=2", sink.ID_FIELD) == b"42"
     assert sink.field(b"data%5Bid%5D=7", sink.ID_FIELD) == b"7"
     assert sink.field(b"xdata%5Bid%5D=7", sink.ID_FIELD) is None
+
+
+def test_quick_shrinks_only_what_the_command_line_left_at_its_default() -> None:
+    args = run.parse_args(["--quick", "--duplicates", "30000", "--only", "mandrill"])
+    assert (args.reps, args.duration, args.events, args.batches) == (1, 3.0, 10_000, 5)
+    assert args.duplicates == 30_000 and args.only == ["mandrill"]
+    full = run.parse_args([])
+    assert (full.reps, full.duplicates, full.ordered, full.only) == (3, 100_000, 100_000, None)
