@@ -124,6 +124,10 @@ def test_missing_environment_variable_names_key_and_variable() -> None:
             "destination[0].format: must be one of raw, json (destination a)",
         ),
         (
+            '[[destination]]\nname = "a"\nurl = "http://x"\nordering = "email"',
+            "destination[0].ordering: must be one of none, subscriber (destination a)",
+        ),
+        (
             '[server]\nlisten = "8080"',
             "server.listen: must be host:port with a port from 1 to 65535",
         ),

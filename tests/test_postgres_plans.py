@@ -77,3 +77,12 @@ async def test_destination_health_walks_the_newest_attempts_by_their_start(
     # that stops at the limit, each joined to its delivery by primary key.
     assert "Index Cond: (started_at >=" in text and "attempts_started" in text, text
     assert "Seq Scan" not in text, text
+
+
+async def test_a_subscriber_queues_head_is_read_from_its_partial_index(
+    conn: asyncpg.Connection,
+) -> None:
+    # Read for every queue a batch of completes or ingests touches: one index range each.
+    sql = load_queries("relay.store.postgres")["queue_heads"]
+    text = await plan(conn, sql, [["crm"], [42]])
+    assert "deliveries_order" in text and "Seq Scan on deliveries" not in text, text

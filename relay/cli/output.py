@@ -100,6 +100,11 @@ def event_detail(event: dict[str, Any]) -> str:
     for d in deliveries:
         if d.get("dead_reason"):
             lines.append(f"  delivery {d['id']} gave up: {_cell(d['dead_reason'])}")
+        if d.get("after_dead"):
+            lines.append(
+                f"  delivery {d['id']} went after a dead predecessor: delivery {d['after_dead']}"
+                " (same subscriber, ordered destination)"
+            )
         if d.get("resolved_at"):
             why = f": {_cell(d['resolve_reason'])}" if d.get("resolve_reason") else ""
             lines.append(

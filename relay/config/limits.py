@@ -1,6 +1,8 @@
-"""Reading a destination's protection: ``rate`` and ``burst``, and ``[destination.breaker]``.
+"""Reading how a destination is paced: ``rate`` and ``burst``, ``[destination.breaker]``, and
+``ordering``.
 
     rate = 50                      # at most 50 attempts a second, all processes together
+    ordering = "subscriber"        # one subscriber's deliveries one at a time, in receive order
     [destination.breaker]
     failures = 20                  # consecutive down-signals before the circuit opens
 
@@ -10,14 +12,32 @@ Kept apart from the reader of the other destination keys, which are about what t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 from relay.config import checks
 from relay.config.schema import BreakerPolicy, RateLimit
 from relay.config.walker import TreeWalker
 
-RATE_KEYS = frozenset({"rate", "burst"})
+PACING_KEYS = frozenset({"rate", "burst", "ordering"})  # besides the breaker table
 BREAKER_KEYS = frozenset({"failures", "probe_interval", "max_probe_interval"})
+ORDERINGS = checks.one_of("none", "subscriber")
+
+
+class Pacing(TypedDict):
+    rate_limit: RateLimit | None
+    breaker: BreakerPolicy | None
+    ordering: str
+
+
+def pacing(walker: TreeWalker, raw: Mapping[str, Any], p: str) -> Pacing:
+    """The DestinationConfig fields read here. ``ordering``: "subscriber" sends one
+    subscriber's deliveries one at a time, in the order relay received their events
+    (relay.store.ordering); "none" (the default) sends them as they fall due."""
+    return Pacing(
+        rate_limit=rate_limit(walker, raw, p),
+        breaker=breaker(walker, raw, p),
+        ordering=walker.get(raw, p, "ordering", str, "none", ORDERINGS),
+    )
 
 
 def rate_limit(walker: TreeWalker, raw: Mapping[str, Any], p: str) -> RateLimit | None:

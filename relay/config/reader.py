@@ -341,7 +341,7 @@ class _Reader(TreeWalker):
                 "format",
                 "signing_secret",
                 "breaker",
-                *limits.RATE_KEYS,
+                *limits.PACING_KEYS,
             },
         )
         before = len(self.problems)
@@ -401,8 +401,7 @@ class _Reader(TreeWalker):
             retry=retry,
             format=self.get(raw, p, "format", str, "raw", checks.one_of("raw", "json")),
             signing_secret=self.optional_str(raw, p, "signing_secret"),
-            rate_limit=limits.rate_limit(self, raw, p),
-            breaker=limits.breaker(self, raw, p),
+            **limits.pacing(self, raw, p),
         )
         self.unmatchable_types(destination.types, f"{p}types")
         if destination.signing_secret is not None:

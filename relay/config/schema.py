@@ -197,6 +197,13 @@ class DestinationConfig:
     signing_secret: str | None = None
     rate_limit: RateLimit | None = None
     breaker: BreakerPolicy | None = None
+    # "subscriber": one subscriber's events go out one at a time, in the order relay received
+    # them (relay.store.ordering); "none": as they fall due.
+    ordering: str = "none"
+
+    @property
+    def ordered(self) -> bool:
+        return self.ordering == "subscriber"
 
 
 @dataclass(frozen=True, slots=True)

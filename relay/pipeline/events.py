@@ -91,12 +91,13 @@ def _event(
         type=type, source=inbound.source, inbound=inbound.name, list_id=list_id, email=email,
         data=data,
     )  # fmt: skip
+    names = route(destinations, facts)
     return NewEvent(
         inbound=inbound.name,
         source=inbound.source,
         type=type,
         received_at=request.received_at,
-        destinations=route(destinations, facts),
+        destinations=names,
         list_id=list_id,
         email=email,
         fired_at=fired_at,
@@ -104,6 +105,7 @@ def _event(
         dedup_key=dedup_key,
         payload=payload,
         payload_content_type=MANDRILL_CONTENT_TYPE if payload is not None else None,
+        ordered=tuple(d.name for d in destinations if d.ordered and d.name in names),
     )
 
 

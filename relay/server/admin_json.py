@@ -274,6 +274,8 @@ def delivery_json(d: DeliveryRecord, with_attempts: bool = False) -> dict[str, A
         "resolved_by": d.resolved_by,
         "resolve_reason": d.resolve_reason,
         "replay_id": d.replay_id,
+        # Ordered destinations: the dead delivery of the same subscriber this one went after.
+        "after_dead": d.after_dead,
     }
     if with_attempts:
         out["attempts_log"] = [attempt_json(a) for a in d.attempt_log]

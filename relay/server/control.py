@@ -367,6 +367,11 @@ def _gate(config: DestinationConfig | None, stored: GateState | None) -> GateSta
 
 def _cannot_retry(delivery: DeliveryRecord) -> str:
     state = delivery.state
+    if state is DeliveryState.PENDING and delivery.next_attempt_at is None:
+        return (
+            f"delivery {delivery.id} waits behind an earlier delivery of the same subscriber"
+            " (ordering = \"subscriber\"): it goes once that one is delivered or given up"
+        )
     why = {
         DeliveryState.DELIVERING: "is being sent right now",
         DeliveryState.DELIVERED: "was delivered: replay its event to send it again",

@@ -106,7 +106,11 @@ class ReplayJobs:
         cursor: int | None = None,
         owner: str | None = None,
     ) -> list[CreatedDelivery]:
-        created = await self.store.add_replay_deliveries(replay_id, pairs, events, cursor, owner)
+        # A replay to an ordered destination queues behind what each subscriber already has.
+        ordered = frozenset(d.name for d in self.settings.destinations if d.ordered)
+        created = await self.store.add_replay_deliveries(
+            replay_id, pairs, events, cursor, owner, ordered=ordered
+        )
         for c in created:
             self.metrics.replayed.labels(c.destination).inc()
         return created
