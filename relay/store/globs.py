@@ -90,16 +90,38 @@ def _re_char(c: str) -> str:
     return c if c.isalnum() and c.isascii() else "\\" + c
 
 
+# What a character means inside a GLOB set depends on where it stands ("]" first is itself,
+# later it closes; "^" first negates; "-" between two characters makes a range).
+_SET_SPECIAL = "]^-"
+
+
 def _sqlite_class(t: _Class) -> str:
-    # GLOB sets: "]" is itself only first, "^" negates only first, "-" between two characters is
-    # a range. Each single character is placed where it means itself.
-    singles = [a for a, b in t.items if a == b]
-    ranges = "".join(f"{a}-{b}" for a, b in t.items if a != b)
-    first = "]" if "]" in singles else ""
-    rest = [c for c in singles if c not in "]-^"]
-    # "-" before "^": a set opening with "^" would be negated.
-    last = ("-" if "-" in singles else "") + ("^" if "^" in singles else "")
-    body = first + "".join(rest) + ranges + last
+    # SQLite reads a set as: an optional "^", an optional "]" that is itself, then characters
+    # and ranges, where "-" is a range unless it comes first, right after a range, or last.
+    # Every special character is therefore taken out of the ranges and placed where it means
+    # itself: "]" first, "^" anywhere but first, "-" last.
+    singles: set[str] = set()
+    ranges: list[str] = []
+    for first, last in t.items:
+        lo, hi = ord(first), ord(last)
+        while lo <= hi and chr(lo) in _SET_SPECIAL:
+            singles.add(chr(lo))
+            lo += 1
+        while lo <= hi and chr(hi) in _SET_SPECIAL:
+            singles.add(chr(hi))
+            hi -= 1
+        if lo == hi:
+            singles.add(chr(lo))
+        elif lo < hi:
+            ranges.append(f"{chr(lo)}-{chr(hi)}")
+    plain = "".join(sorted(c for c in singles if c not in _SET_SPECIAL)) + "".join(ranges)
+    head = ("]" if "]" in singles else "") + plain
+    caret, dash = "^" in singles, "-" in singles
+    if caret and not head:
+        # "^" may not come first, and "-" first is itself: the set of "^" and "-" is "-^".
+        body = "-^" if dash else "^"
+    else:
+        body = head + ("^" if caret else "") + ("-" if dash else "")
     if body == "^" and not t.negated:
         return "^"  # the set of "^" alone: outside brackets "^" is itself
     return f"[{'^' if t.negated else ''}{body}]"
