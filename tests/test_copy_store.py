@@ -189,6 +189,12 @@ async def make_source(db: Path, sink: Sink, start_relay: RelayFactory) -> None:
             NewEvent("audience-user", "user", "subscribe", time.time(), (),
                      email="Caps@Example.COM"),
         ])  # fmt: skip
+        # One subscriber's two deliveries to an ordered destination: the second one waits.
+        await store.ingest(raw_request(), [
+            NewEvent("audience-user", "user", "subscribe", time.time(), ("ord",),
+                     email="q@example.com", list_id="a6b5da1054", ordered=("ord",))
+            for _ in range(2)
+        ])  # fmt: skip
     finally:
         await store.close()
 
@@ -266,9 +272,16 @@ async def test_a_sqlite_store_copied_to_postgresql_is_identical_and_a_relay_carr
             held = await conn.fetchval(
                 "SELECT held_attempts FROM deliveries WHERE destination = 'down'"
             )
+            queued = await conn.fetch(
+                "SELECT order_key, next_attempt_at IS NULL FROM deliveries"
+                " WHERE destination = 'ord' ORDER BY id"
+            )
         finally:
             await conn.close()
         assert held == 1
+        # The subscriber queue carried over: the same key, the second still waiting.
+        ((key, first_waits), (same, second_waits)) = queued
+        assert key is not None and key == same and (first_waits, second_waits) == (False, True)
         copied = await all_events(source_store)
         top_seq = max(e.seq for e in copied)
         top_delivery = max(d.delivery.id for d in await all_deliveries(source_store, None))

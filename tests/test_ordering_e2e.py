@@ -191,10 +191,17 @@ async def test_after_a_dead_predecessor_the_next_goes_and_says_so(
 ) -> None:
     order_sink.failures["a1"] = 100  # more than max_attempts: it ends dead
     await post_in_order([relay.port], POSTS[:2])
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with aiohttp.ClientSession(headers=auth) as session:
+        # While A's first retries, its second waits, and "retry now" says why it cannot.
+        async with session.get(relay.url("/admin/deliveries?state=pending&destination=crm")) as r:
+            waiting = [d for d in orjson.loads(await r.read())["deliveries"]
+                       if d["next_attempt_at"] is None]  # fmt: skip
+        async with session.post(relay.url(f"/admin/deliveries/{waiting[0]['id']}/retry")) as r:
+            assert r.status == 409 and "waits behind" in await r.text()
     await wait_until(lambda: "a2" in order_sink.delivered(), timeout=60, what="a2 delivered")
     dead = int(order_sink.headers["a1"]["X-Relay-Delivery-Id"])
     event_id = order_sink.headers["a2"]["X-Relay-Event-Id"]
-    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     async with aiohttp.ClientSession(headers=auth) as session:
         async with session.get(relay.url(f"/admin/events/{event_id}")) as r:
             detail = orjson.loads(await r.read())
