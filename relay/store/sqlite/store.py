@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import sqlite3
 import time
@@ -64,7 +63,6 @@ from relay.store.sqlite.migrate import migrate
 from relay.store.sqlite.sibling_signals import SiblingSignals
 from relay.store.sqlite.turn import WriteTurn
 from relay.store.sqlite.writer import (
-    BatchOutcome,
     CallOp,
     ClaimOp,
     CompleteOp,
@@ -136,7 +134,6 @@ class SqliteStore(SqliteAdminMixin, SqliteControlMixin, Store):
         if self._sibling_signals is not None:
             self.signals = self._sibling_signals
         self._turn: WriteTurn | None = None
-        self._apply: Callable[..., BatchOutcome] = apply_batch
         self.config = config
         self.dedup_window = dedup_window
         self.path = sqlite_path(config.url)
@@ -164,7 +161,6 @@ class SqliteStore(SqliteAdminMixin, SqliteControlMixin, Store):
                 await self._reader.execute(pragma)
             if self._sibling_signals is not None:
                 self._turn = WriteTurn.open(self.path)
-                self._apply = functools.partial(self._turn.around, apply_batch)
                 self._sibling_signals.open()
         except (sqlite3.Error, OSError) as exc:
             await self._close_connections()
@@ -237,13 +233,13 @@ class SqliteStore(SqliteAdminMixin, SqliteControlMixin, Store):
                 await self._wakeup.wait()
                 self._wakeup.clear()
                 while self._queue:
-                    batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-                    calls = [op for op in batch if isinstance(op, CallOp)]
-                    grouped = [op for op in batch if not isinstance(op, CallOp)]
-                    if grouped:
-                        await self._run_isolated(grouped)
-                    for call in calls:
-                        await self._run_isolated([call])
+                    if self._turn is not None:  # sibling workers: wait for the write lock first
+                        await self._turn.take(self._executor)
+                    try:
+                        await self._run_batch()
+                    finally:
+                        if self._turn is not None:
+                            self._turn.release()
                 if self._closing:
                     return
         finally:
@@ -252,12 +248,21 @@ class SqliteStore(SqliteAdminMixin, SqliteControlMixin, Store):
                     op.future.set_exception(StoreError("store is closed"))
             self._queue = []
 
+    async def _run_batch(self) -> None:
+        batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+        calls = [op for op in batch if isinstance(op, CallOp)]
+        grouped = [op for op in batch if not isinstance(op, CallOp)]
+        if grouped:
+            await self._run_isolated(grouped)
+        for call in calls:
+            await self._run_isolated([call])
+
     async def _run_isolated(self, ops: list[Op]) -> None:
         """Run ops as one transaction; if it fails, retry each alone so one bad op fails alone."""
         started = time.perf_counter()
         try:
             outcome = await self._on_writer(
-                self._apply, self._writer, ops, self.dedup_window, self._limits
+                apply_batch, self._writer, ops, self.dedup_window, self._limits
             )
         except Exception as exc:
             # A lock held by another connection fails every op alike, and retrying them one by
