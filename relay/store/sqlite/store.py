@@ -63,6 +63,7 @@ from relay.store.sqlite.migrate import migrate
 from relay.store.sqlite.sibling_signals import SiblingSignals
 from relay.store.sqlite.turn import WriteTurn
 from relay.store.sqlite.writer import (
+    BatchOutcome,
     CallOp,
     ClaimOp,
     CompleteOp,
@@ -257,13 +258,21 @@ class SqliteStore(SqliteAdminMixin, SqliteControlMixin, Store):
         for call in calls:
             await self._run_isolated([call])
 
+    async def _apply(self, ops: list[Op]) -> BatchOutcome:
+        args = (apply_batch, self._writer, ops, self.dedup_window, self._limits)
+        if self._turn is None:
+            outcome: BatchOutcome = await self._on_writer(*args)
+            return outcome
+        if not self._turn.held:  # a retry of ops one by one, or an admin call after the batch
+            await self._turn.take(self._executor)
+        outcome = await self._on_writer(self._turn.then_release, *args)
+        return outcome
+
     async def _run_isolated(self, ops: list[Op]) -> None:
         """Run ops as one transaction; if it fails, retry each alone so one bad op fails alone."""
         started = time.perf_counter()
         try:
-            outcome = await self._on_writer(
-                apply_batch, self._writer, ops, self.dedup_window, self._limits
-            )
+            outcome = await self._apply(ops)
         except Exception as exc:
             # A lock held by another connection fails every op alike, and retrying them one by
             # one would make the k-th caller wait k busy timeouts: fail the batch at once.

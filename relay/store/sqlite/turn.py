@@ -22,10 +22,8 @@ with the busy timeout stays the backstop for writers outside relay (a ``sqlite3`
 
     turn = WriteTurn.open(db_path)
     await turn.take(writer_executor)
-    try:
-        ...pick the batch, run it on the writer thread...
-    finally:
-        turn.release()
+    ...pick the batch...
+    await loop.run_in_executor(writer_executor, turn.then_release, apply_batch, ...)
 """
 
 from __future__ import annotations
@@ -34,7 +32,11 @@ import asyncio
 import contextlib
 import fcntl
 import os
+from collections.abc import Callable
 from concurrent.futures import Executor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 TURN = ".write-turn"
 QUEUE = ".write-queue"
@@ -60,6 +62,7 @@ class WriteTurn:
     def __init__(self, turn: int, queue: int) -> None:
         self._turn = turn
         self._queue = queue
+        self.held = False
 
     @classmethod
     def open(cls, database: str) -> WriteTurn:
@@ -76,6 +79,7 @@ class WriteTurn:
         if _try(self._queue):
             if _try(self._turn):
                 fcntl.flock(self._queue, fcntl.LOCK_UN)
+                self.held = True
                 return
             waiting = executor.submit(self._wait_for_turn)
         else:
@@ -86,6 +90,15 @@ class WriteTurn:
             # The thread takes the turn all the same: give it back as soon as it has.
             waiting.add_done_callback(lambda _: self.release())
             raise
+        self.held = True
+
+    def then_release(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``, then give the turn back, on the calling (writer) thread: the sibling
+        waiting for it need not wait for this worker's event loop to come round as well."""
+        try:
+            return fn(*args)
+        finally:
+            self.release()
 
     def _queue_then_wait(self) -> None:
         fcntl.flock(self._queue, fcntl.LOCK_EX)
@@ -98,6 +111,7 @@ class WriteTurn:
             fcntl.flock(self._queue, fcntl.LOCK_UN)
 
     def release(self) -> None:
+        self.held = False
         with contextlib.suppress(OSError):
             fcntl.flock(self._turn, fcntl.LOCK_UN)
 
