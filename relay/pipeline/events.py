@@ -191,7 +191,7 @@ def _mandrill_events(
             dedup_key=_dedup_key(inbound, e.dedup_key, e.raw),
             # Each element goes downstream as a one-event Mandrill batch, its JSON text unchanged,
             # so existing Mandrill handlers keep working and each delivery is one event.
-            payload=mailchimp.rebatch_mandrill([e.raw]),
+            payload=e.rebatched if e.rebatched is not None else mailchimp.rebatch_mandrill([e.raw]),
         )
         for e in batch.events
     ]

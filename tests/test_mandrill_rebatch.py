@@ -1,0 +1,43 @@
+"""Each Mandrill event's one-event batch, cut from the posted body, is what re-encoding gives."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay.protocols.mandrill import parse_mandrill, rebatch_mandrill
+
+ELEMENTS = st.lists(
+    st.dictionaries(
+        st.sampled_from(["event", "_id", "msg", "ts", "x"]),
+        st.one_of(st.text(max_size=12), st.integers(), st.lists(st.text(max_size=4), max_size=3)),
+        max_size=4,
+    ),
+    max_size=5,
+)
+ENCODERS = {
+    "quote_plus": lambda text: quote_plus(text),
+    "quote": lambda text: quote(text, safe=""),  # space as %20: not quote_plus's own text
+    "lower": lambda text: quote_plus(text).lower(),  # lower-case escapes, odd letters
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(ELEMENTS, st.sampled_from([None, 2]), st.booleans(), st.sampled_from(sorted(ENCODERS)))
+def test_cut_batches_equal_rebatching_and_quote_plus_bodies_are_always_cut(
+    elements: list[Any], indent: int | None, ascii_only: bool, encoder: str
+) -> None:
+    text = json.dumps(elements, indent=indent, ensure_ascii=ascii_only).encode()
+    body = b"other=1&mandrill_events=" + ENCODERS[encoder](text).encode("ascii")
+    batch = parse_mandrill(body)
+    if batch.error is not None:  # "lower" can spoil the JSON's own letters
+        assert encoder == "lower"
+        return
+    for event in batch.events:
+        assert event.rebatched in (None, rebatch_mandrill([event.raw]))
+        if encoder == "quote_plus":
+            assert event.rebatched is not None
