@@ -91,10 +91,6 @@ class DestinationWorker:
         self._e2e_latency = metrics.e2e_latency.labels(name)
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
-        # Attempts whose request is under way: what ``concurrency`` bounds. An attempt that has
-        # its answer frees its slot while its record waits for the next group commit, so the
-        # destination is not idle for an fsync per round.
-        self._sending: set[asyncio.Task[None]] = set()
         self._stopping = False
         # The rate limit and circuit breaker, when it has either (else claims pay nothing).
         self.gate = Gate.of(destination)
@@ -128,9 +124,9 @@ class DestinationWorker:
             # Under a backlog, claiming for each slot as it frees costs a transaction per
             # delivery; waiting until a quarter of the slots are free claims them in one.
             batch = max(1, limit // 4)
-            free = limit - len(self._sending)
+            free = limit - len(self._inflight)
             timeout: float | None = None
-            if free >= batch or (free > 0 and not self._sending):
+            if free >= batch or (free > 0 and not self._inflight):
                 try:
                     asked = time.monotonic()
                     claimed, held_for = await self._claim(free, lease)
@@ -179,12 +175,10 @@ class DestinationWorker:
             name=f"relay-deliver-{self.destination.name}-{delivery.id}",
         )
         self._inflight.add(task)
-        self._sending.add(task)
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
-        self._sending.discard(task)  # one cancelled before it started never got to its send
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error(
                 "destination=%s delivery task failed: %r",
@@ -196,12 +190,8 @@ class DestinationWorker:
 
     async def _deliver(self, delivery: ClaimedDelivery, clock: StoreClock) -> None:
         dest = self.destination
-        try:
-            body, headers = build_request(dest, delivery, self.kinds, time.time())
-            result = await self.sender.send(dest.url, body, headers, dest.timeout)
-        finally:
-            self._sending.discard(asyncio.current_task())
-            self.wake()
+        body, headers = build_request(dest, delivery, self.kinds, time.time())
+        result = await self.sender.send(dest.url, body, headers, dest.timeout)
         now = clock.now()
         decision = decide(dest.retry, delivery.charged_attempt, result, now, delivery.created_at)
         try:
