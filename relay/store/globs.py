@@ -152,10 +152,7 @@ def parse_glob(pattern: str) -> Glob:
                 tokens.append("[")
                 continue
             body, i = pattern[i:j], j + 1
-            negated = body.startswith("!")
-            if negated:
-                body = body[1:]
-            items = _items(body)
+            negated, items = _set(body)
             if not items:
                 never = never or not negated
                 tokens.append(_ONE)  # none of nothing: any one character
@@ -166,20 +163,50 @@ def parse_glob(pattern: str) -> Glob:
     return Glob(tuple(tokens), never)
 
 
-def _items(body: str) -> tuple[tuple[str, str], ...]:
+def _set(body: str) -> tuple[bool, tuple[tuple[str, str], ...]]:
+    """Whether the set ``[body]`` is negated, and its characters and ranges, as fnmatch
+    (Python 3.11 to 3.13) reads it.
+
+    fnmatch cuts the body at each "-" that makes a range, drops reversed ranges (``z-a``) by
+    joining their neighbours, and only then looks for a leading "!". So ``[\\-[!]`` is not a
+    set of "\\" to "[" and "!": the reversed range goes and what is left, "!", is "none of
+    nothing", any one character.
+    """
+    if "-" not in body:
+        chunks = [body]
+    else:
+        chunks = []
+        start, k = 0, (2 if body.startswith("!") else 1)
+        while (k := body.find("-", k)) >= 0:
+            chunks.append(body[start:k])
+            start, k = k + 1, k + 3
+        if body[start:]:
+            chunks.append(body[start:])
+        else:
+            chunks[-1] += "-"  # a "-" just before "]" is itself
+        for k in range(len(chunks) - 1, 0, -1):
+            if chunks[k - 1][-1] > chunks[k][0]:
+                chunks[k - 1] = chunks[k - 1][:-1] + chunks[k][1:]
+                del chunks[k]
+    # Characters, with True where a range runs from the one before to the one after.
+    marks: list[tuple[str, bool]] = []
+    for n, chunk in enumerate(chunks):
+        if n:
+            marks.append(("-", True))
+        marks.extend((c, False) for c in chunk)
+    negated = bool(marks) and marks[0] == ("!", False)
+    if negated:
+        marks = marks[1:]
     items: list[tuple[str, str]] = []
     k = 0
-    while k < len(body):
-        if k + 2 < len(body) and body[k + 1] == "-":
-            first, last = body[k], body[k + 2]
-            # fnmatch drops a reversed range (z-a), which matches nothing.
-            if first <= last:
-                items.append((first, last))
+    while k < len(marks):
+        if k + 2 < len(marks) and marks[k + 1][1]:
+            items.append((marks[k][0], marks[k + 2][0]))
             k += 3
         else:
-            items.append((body[k], body[k]))
+            items.append((marks[k][0], marks[k][0]))
             k += 1
-    return tuple(items)
+    return negated, tuple(items)
 
 
 def upper_bound(prefix: str) -> str | None:
