@@ -99,17 +99,21 @@ class OrderSink:
             if s.kind == kind and s.event == event and (status is None or s.status == status)
         )  # fmt: skip
 
-    def check_order(self) -> None:
+    def check_order(self, others_first: bool = True) -> None:
         """A's events delivered in order, none started before the one ahead of it was answered
         200; B's delivered before A's first got through; one at a time. (An attempt answered
-        just before a kill -9, and so not recorded, is sent again: at least once.)"""
+        just before a kill -9, and so not recorded, is sent again: at least once.)
+
+        After a kill -9, B's delivery may have been leased by the killed process and waits for
+        its lease to run out, which can be after A's retries end: ``others_first=False``."""
         delivered = self.delivered()
         for who, events in (("a", ["a1", "a2", "a3", "a4"]), ("b", ["b1", "b2"])):
             theirs = [e for e in delivered if e.startswith(who)]
             assert theirs == sorted(theirs) and sorted(set(theirs)) == events, delivered
         for earlier, later in (("a1", "a2"), ("a2", "a3"), ("a3", "a4")):
             assert self.index("start", later) > self.index("done", earlier, 200), self.log
-        assert self.index("done", "b2", 200) < self.index("done", "a1", 200), self.log
+        if others_first:
+            assert self.index("done", "b2", 200) < self.index("done", "a1", 200), self.log
         assert self.overlap == 1
 
 
@@ -183,7 +187,7 @@ async def test_kill_9_while_a_subscriber_is_held_keeps_its_order(
     assert not {"a2", "a3", "a4"} & {s.event for s in order_sink.log}
     await relay.start()
     await order_sink.everything_delivered()
-    order_sink.check_order()
+    order_sink.check_order(others_first=False)
 
 
 async def test_after_a_dead_predecessor_the_next_goes_and_says_so(
@@ -236,7 +240,7 @@ async def test_three_processes_on_postgresql_keep_each_subscriber_in_order(
         await wait_until(lambda: order_sink.answered("a1"), timeout=30, what="A's first to fail")
         relays[0].kill(signal.SIGKILL)
         await order_sink.everything_delivered()
-        order_sink.check_order()
+        order_sink.check_order(others_first=False)
     finally:
         for r in relays:
             r.ensure_stopped()
