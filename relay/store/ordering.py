@@ -13,11 +13,11 @@ was waiting. A head released after a dead one records which (``after_dead``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from relay.model import ClaimedDelivery, DeliveryState, NewEvent
-from relay.store.rules import order_key
+from relay.store.rules import initial_state, order_key
 
 # A subscriber queue: (destination, order key).
 Queue = tuple[str, int]
@@ -62,6 +62,21 @@ def delivery_key(event: NewEvent, destination: str) -> int | None:
     if destination not in event.ordered:
         return None
     return order_key(event.list_id, event.email)
+
+
+def new_deliveries(
+    event: NewEvent, paused: Collection[str], due: set[str], releases: Releases
+) -> Iterator[tuple[str, DeliveryState, int | None]]:
+    """The deliveries a new event (not a duplicate) gets, as (destination, state, queue key):
+    ``due`` gains the destinations given one due now, ``releases`` the queues joined (a
+    delivery in a queue waits, with no due time, until its queue is released)."""
+    for name in event.destinations:
+        state = initial_state(name, paused)
+        if state is DeliveryState.PENDING:
+            due.add(name)
+        key = delivery_key(event, name)
+        releases.joined(name, key)
+        yield name, state, key
 
 
 def keys_for(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -82,3 +83,8 @@ def clean_text(value: str | None) -> str | None:
     if value is None or "\x00" not in value:
         return value
     return value.replace("\x00", "\ufffd")
+
+
+def columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows as one list per column, for unnest($1::type[], ...)."""
+    return [[row[i] for row in rows] for i in range(width)] if rows else [[] for _ in range(width)]

@@ -16,50 +16,20 @@ ON CONFLICT (name) DO NOTHING;
 -- the deliveries it made too; an ingest after the pause reads it.
 SELECT name, paused FROM destination_state WHERE name = ANY($1::text[]) ORDER BY name FOR SHARE;
 
--- name: insert_requests
-INSERT INTO requests (id, inbound, method, path, query, headers, body, content_type, peer,
-                      received_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::bytea[], $8::text[], $9::text[], $10::float8[]);
+-- name: ingest_head
+-- An ingest batch before its decisions (relay.store.postgres.ingest; migration 0007).
+SELECT kind, name, value
+  FROM relay_ingest_head($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                         $7::text[], $8::bytea[], $9::text[], $10::text[], $11::float8[],
+                         $12::text[], $13::text[], $14::float8);
 
--- name: upsert_dedup
--- Keys (unique, sorted) whose event becomes the original: new ones, and ones whose original is
--- older than the dedup window ($3 seconds). A key another transaction is inserting waits for it
--- to commit, then is not returned: exact across processes.
-INSERT INTO dedup AS d (key, event_id, first_seen)
-SELECT k, e, relay_now() FROM unnest($1::text[], $2::text[]) AS u(k, e) ORDER BY k
-ON CONFLICT (key) DO UPDATE SET event_id = excluded.event_id, first_seen = excluded.first_seen
- WHERE d.first_seen < excluded.first_seen - $3
-RETURNING key;
-
--- name: dedup_originals
-SELECT key, event_id FROM dedup WHERE key = ANY($1::text[]);
-
--- name: lock_positions
--- Held until commit: the next ingest takes its positions only after this one is visible, so
--- position order is commit order across every process (the events cursor).
-SELECT pg_advisory_xact_lock($1);
-
--- name: take_positions
--- $1 consecutive positions, the first of them returned (only ever called under lock_positions).
-SELECT setval('events_seq', nextval('events_seq') + $1 - 1) - $1 + 1;
-
--- name: insert_events
-INSERT INTO events (id, request_id, inbound, source, type, received_at, fired_at, list_id, email,
-                    parse_error, dedup_key, duplicate_of, payload, payload_content_type, seq,
-                    email_key)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::float8[],
-                     $7::float8[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-                     $13::bytea[], $14::text[], $15::int8[], $16::text[]);
-
--- name: insert_deliveries
--- One to an ordered destination ($4: its subscriber queue) waits, with no due time, until its
--- queue is released (relay.store.ordering); ids in the order given, which is the queue's order.
-INSERT INTO deliveries (event_id, destination, state, next_attempt_at, created_at, updated_at,
-                        order_key)
-SELECT e, d, s, CASE WHEN k IS NULL THEN relay_now() END, relay_now(), relay_now(), k
-  FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[]) WITH ORDINALITY AS u(e, d, s, k, n)
- ORDER BY n;
+-- name: ingest_tail
+-- The rest of an ingest batch, up to its commit (migration 0007).
+SELECT relay_ingest_tail($1::int8, $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[],
+                         $7::text[], $8::text[], $9::float8[], $10::float8[], $11::text[],
+                         $12::text[], $13::text[], $14::text[], $15::text[], $16::bytea[],
+                         $17::text[], $18::text[], $19::text[], $20::int8[], $21::text[],
+                         $22::text[], $23::text[], $24::int8[], $25::text, $26::text);
 
 -- name: notify
 SELECT pg_notify($1, $2);

@@ -26,12 +26,11 @@ from relay.model import (
     RawRequest,
 )
 from relay.store.gate import Gate
-from relay.store.ordering import Releases, delivery_key
+from relay.store.ordering import Releases, new_deliveries
 from relay.store.rules import (
     ORPHANED,
     dead_reason,
     email_key,
-    initial_state,
     is_duplicate,
     recorded_error,
     resolver,
@@ -321,15 +320,10 @@ def _write_ingests(
                 )
             )  # fmt: skip
             # A retried webhook is kept, as every request is, but not delivered twice.
-            for name in () if duplicate_of is not None else e.destinations:
-                state = initial_state(name, paused)
-                if state is DeliveryState.PENDING:
-                    due.add(name)
-                # An ordered one waits (no due time) until the queue is released below.
-                key = delivery_key(e, name)
-                releases.joined(name, key)
-                next_at = now if key is None else None
-                deliveries.append((event_id, name, state.value, next_at, now, now, key))
+            if duplicate_of is None:
+                for name, state, key in new_deliveries(e, paused, due, releases):
+                    next_at = now if key is None else None
+                    deliveries.append((event_id, name, state.value, next_at, now, now, key))
     conn.executemany(_INSERT_REQUEST, requests)
     conn.executemany(ADD_USAGE, sorted(usage.items()))
     if events:
