@@ -34,18 +34,19 @@ SELECT relay_ingest_tail($1::int8, $2::text[], $3::int8[], $4::text[], $5::text[
 -- name: notify
 SELECT pg_notify($1, $2);
 
--- name: insert_attempts
-INSERT INTO attempts (delivery_id, number, started_at, duration, outcome, status, error,
-                      response_head)
-SELECT * FROM unnest($1::int8[], $2::int4[], $3::float8[], $4::float8[], $5::text[], $6::int4[],
-                     $7::text[], $8::bytea[]);
-
 -- name: complete
 -- Only while the delivery still holds this attempt's lease (attempts is the fencing token). A
 -- delivered one resolves the dead letters of its event to its destination in the same
 -- statement, so in the same transaction: "replay the dead letters" never sees them again.
--- ($9: each delivery's name as resolved_by.)
-WITH done AS (
+-- ($9: each delivery's name as resolved_by.) Every attempt is recorded by the same statement
+-- ($10-$17), lease held or not: one statement, so a batch of plain
+-- completions needs no transaction around it (relay.store.postgres.writer).
+WITH recorded AS (
+    INSERT INTO attempts (delivery_id, number, started_at, duration, outcome, status, error,
+                          response_head)
+    SELECT * FROM unnest($10::int8[], $11::int4[], $12::float8[], $13::float8[], $14::text[],
+                         $15::int4[], $16::text[], $17::bytea[])
+), done AS (
     UPDATE deliveries d
        SET state = u.state, next_attempt_at = u.next_attempt_at, updated_at = u.finished,
            delivered_at = CASE WHEN u.state = 'delivered' THEN u.finished END,

@@ -266,7 +266,11 @@ class Writer:
         releases = Releases()
         ingests = [(i, op) for i, op in enumerate(ops) if isinstance(op, IngestOp)]
         completes = [(i, op) for i, op in enumerate(ops) if isinstance(op, CompleteOp)]
-        async with conn.transaction():
+        plain = len(completes) == len(ops) and all(
+            op.gate is None and op.delivery.order_key is None for _, op in completes
+        )
+        # Plain completions are one statement, atomic by itself: no BEGIN and COMMIT round trips.
+        async with contextlib.nullcontext() if plain else conn.transaction():
             if completes:
                 results = await _write_completes(
                     conn, [op for _, op in completes], outcome.circuits, releases
@@ -320,12 +324,12 @@ async def _write_completes(
              r.status, clean_text(recorded_error(r, dec)), clean_text(dead_reason(dec)),
              resolver(d.id))
         )  # fmt: skip
-    held = {int(r[0]) for r in await conn.fetch(Q["complete"], *columns(updates, 9))}
+    rows = await conn.fetch(Q["complete"], *columns(updates, 9), *columns(attempts, 8))
+    held = {int(r[0]) for r in rows}
     for op, update in zip(ops, updates, strict=True):
         if op.delivery.id in held:
             releases.finished(op.delivery.destination, op.delivery.order_key, op.delivery.id,
                               update[2])  # fmt: skip
-    await conn.execute(Q["insert_attempts"], *columns(attempts, 8))
     if gated:
         uncharged = [ops[i].delivery for i, c in gated.items() if not c.charged]
         await gates.hold_attempts(conn, [d for d in uncharged if d.id in held])
