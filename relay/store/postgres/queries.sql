@@ -40,7 +40,9 @@ SELECT pg_notify($1, $2);
 -- statement, so in the same transaction: "replay the dead letters" never sees them again.
 -- ($9: each delivery's name as resolved_by.) Every attempt is recorded by the same statement
 -- ($10-$17), lease held or not: one statement, so a batch of plain
--- completions needs no transaction around it (relay.store.postgres.writer).
+-- completions needs no transaction around it (relay.store.postgres.writer). The state test is
+-- written `IS TRUE` so that it cannot use the state indexes: with statistics taken while a
+-- backlog was paused, the planner would scan every delivering row instead of the ids' keys.
 WITH recorded AS (
     INSERT INTO attempts (delivery_id, number, started_at, duration, outcome, status, error,
                           response_head)
@@ -54,7 +56,7 @@ WITH recorded AS (
       FROM unnest($1::int8[], $2::int4[], $3::text[], $4::float8[], $5::float8[], $6::int4[],
                   $7::text[], $8::text[], $9::text[])
            AS u(id, attempt, state, next_attempt_at, finished, status, error, reason, resolver)
-     WHERE d.id = u.id AND d.attempts = u.attempt AND d.state = 'delivering'
+     WHERE d.id = u.id AND d.attempts = u.attempt AND (d.state = 'delivering') IS TRUE
     RETURNING d.id, d.event_id, d.destination, d.state, u.finished, u.resolver
 ), resolved AS (
     UPDATE deliveries x SET resolved_at = done.finished, resolved_by = done.resolver
