@@ -22,6 +22,7 @@ from relay.store.rules import email_key, stored_size
 from relay.store.sqlfile import load_queries
 
 if TYPE_CHECKING:
+    from relay.model import NewEvent
     from relay.store.postgres.writer import IngestOp
 
 Q = load_queries("relay.store.postgres")
@@ -58,9 +59,7 @@ async def write(
     )  # fmt: skip
     paused = frozenset(r[1] for r in head if r[0] == "d" and r[2] == "true")
     originals = {r[1]: r[2] for r in head if r[0] == "k"}
-    usage: dict[str, int] = {}
-    for _, inbound, _, _, _, headers, body, *_ in requests:
-        usage[inbound] = usage.get(inbound, 0) + stored_size(body, headers)
+    usage = _usage(requests)
     duplicates: list[dict[str, str]] = []
     events: list[tuple[Any, ...]] = []
     deliveries: list[tuple[str, str, str, int | None]] = []
@@ -72,12 +71,8 @@ async def write(
             duplicate_of = original if original != event_id else None
             if duplicate_of is not None:
                 dups[event_id] = duplicate_of
-            events.append(
-                (event_id, op.request.id, e.inbound, e.source, clean_text(e.type),
-                 e.received_at, e.fired_at, clean_text(e.list_id), clean_text(e.email),
-                 clean_text(e.parse_error), clean_text(e.dedup_key), duplicate_of, e.payload,
-                 e.payload_content_type, clean_text(email_key(e.email)))
-            )  # fmt: skip
+            row = _event_row(event_id, op.request.id, e)
+            events.append((*row[:11], duplicate_of, *row[11:]))
             if duplicate_of is None:
                 for name, state, key in new_deliveries(e, paused, due, releases):
                     deliveries.append((event_id, name, state.value, key))
@@ -92,6 +87,63 @@ async def write(
     )  # fmt: skip
     known_destinations.update(names)
     return Written(duplicates, notified=note is not None)
+
+
+def single(ops: Sequence[IngestOp]) -> bool:
+    """Whether ``write_single`` can store these: no delivery joins a subscriber queue."""
+    return not any(e.ordered for op in ops for e in op.events)
+
+
+async def write_single(
+    conn: asyncpg.Connection,
+    ops: Sequence[IngestOp],
+    *,
+    due: set[str],
+    dedup_window: float,
+    known_destinations: set[str],
+    channel: str,
+) -> list[dict[str, str]]:
+    """Store ``ops`` (none with an ordered destination) with one statement, its own
+    transaction, which sends the wake-up too; each op's duplicates, as ``write``."""
+    names = sorted({name for op in ops for e in op.events for name in e.destinations})
+    keys = _first_claims(ops) if dedup_window > 0 else {}
+    requests = _request_rows(ops)
+    usage = _usage(requests)
+    inbounds = sorted(usage)
+    events: list[tuple[Any, ...]] = []
+    deliveries: list[tuple[str, str]] = []
+    for op in ops:
+        for event_id, e in zip(op.event_ids, op.events, strict=True):
+            events.append(_event_row(event_id, op.request.id, e))
+            deliveries.extend((event_id, name) for name in e.destinations)
+    rows = await conn.fetch(
+        Q["ingest"], names, not known_destinations.issuperset(names), *columns(requests, 10),
+        list(keys), list(keys.values()), dedup_window, POSITIONS_LOCK, inbounds,
+        [usage[i] for i in inbounds], *columns(events, 14), *columns(deliveries, 2), channel,
+    )  # fmt: skip
+    known_destinations.update(names)
+    originals = {r[1]: r[2] for r in rows if r[0] == "x"}
+    due.update(r[1] for r in rows if r[0] == "u")
+    return [{i: originals[i] for i in op.event_ids if i in originals} for op in ops]
+
+
+def _event_row(event_id: str, request_id: str, e: NewEvent) -> tuple[Any, ...]:
+    """An event's columns as relay_ingest takes them (relay_ingest_tail: duplicate_of after
+    the dedup key)."""
+    return (
+        event_id, request_id, e.inbound, e.source, clean_text(e.type), e.received_at,
+        e.fired_at, clean_text(e.list_id), clean_text(e.email), clean_text(e.parse_error),
+        clean_text(e.dedup_key), e.payload, e.payload_content_type,
+        clean_text(email_key(e.email)),
+    )  # fmt: skip
+
+
+def _usage(requests: Sequence[tuple[Any, ...]]) -> dict[str, int]:
+    """Bytes each inbound's requests take, as relay.store.rules counts them."""
+    usage: dict[str, int] = {}
+    for _, inbound, _, _, _, headers, body, *_ in requests:
+        usage[inbound] = usage.get(inbound, 0) + stored_size(body, headers)
+    return usage
 
 
 def _first_claims(ops: Sequence[IngestOp]) -> dict[str, str]:

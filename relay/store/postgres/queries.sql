@@ -23,6 +23,17 @@ SELECT kind, name, value
                          $7::text[], $8::bytea[], $9::text[], $10::text[], $11::float8[],
                          $12::text[], $13::text[], $14::float8);
 
+-- name: ingest
+-- A whole batch with no ordered destination, in one statement (migration 0008).
+SELECT kind, name, value
+  FROM relay_ingest($1::text[], $2::boolean, $3::text[], $4::text[], $5::text[], $6::text[],
+                    $7::text[], $8::text[], $9::bytea[], $10::text[], $11::text[],
+                    $12::float8[], $13::text[], $14::text[], $15::float8, $16::int8,
+                    $17::text[], $18::int8[], $19::text[], $20::text[], $21::text[],
+                    $22::text[], $23::text[], $24::float8[], $25::float8[], $26::text[],
+                    $27::text[], $28::text[], $29::text[], $30::bytea[], $31::text[],
+                    $32::text[], $33::text[], $34::text[], $35::text);
+
 -- name: ingest_tail
 -- The rest of an ingest batch, up to its commit (migration 0007).
 SELECT relay_ingest_tail($1::int8, $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[],

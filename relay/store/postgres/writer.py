@@ -266,6 +266,13 @@ class Writer:
         releases = Releases()
         ingests = [(i, op) for i, op in enumerate(ops) if isinstance(op, IngestOp)]
         completes = [(i, op) for i, op in enumerate(ops) if isinstance(op, CompleteOp)]
+        if len(ingests) == len(ops) and ingest.single([op for _, op in ingests]):
+            # One statement, its own transaction: no BEGIN and COMMIT round trips.
+            outcome.results = await ingest.write_single(
+                conn, [op for _, op in ingests], due=outcome.due, dedup_window=self._dedup_window,
+                known_destinations=self._known_destinations, channel=CHANNEL,
+            )  # fmt: skip
+            return outcome
         plain = len(completes) == len(ops) and all(
             op.gate is None and op.delivery.order_key is None for _, op in completes
         )
