@@ -61,7 +61,9 @@ def _filters(parser: argparse.ArgumentParser, delivery_keys: bool = True) -> Non
             help="has a delivery in this state (pending, delivering, delivered, dead, paused,"
             " discarded); dead: a dead letter, not resolved",
         )
-        group.add_argument("--destination", help="has a delivery to this destination (in --state)")
+        group.add_argument(
+            "--destination", help="has a delivery to this destination (in --state)"
+        )
     group.add_argument(
         "--since",
         help="received at or after: ISO-8601 (2026-11-01, 2026-11-01T12:00Z) or Unix seconds",

@@ -73,7 +73,7 @@ def add_delivery_actions(actions: Any, common: Common, filters: Any) -> None:
         "resolve",
         help="mark dead deliveries resolved (no longer dead letters)",
         description="Mark dead deliveries resolved by hand, e.g. when the destination no longer"
-        ' needs the event: they stop counting as dead letters (relay_deliveries{state="dead"},'
+        " needs the event: they stop counting as dead letters (relay_deliveries{state=\"dead\"},"
         " --state dead, replaying the dead letters) and stay in the history with who resolved"
         " them and why. A dead delivery also resolves by itself once a later delivery of its"
         " event to its destination is delivered.",

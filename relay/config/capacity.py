@@ -1,6 +1,6 @@
 """Checks across tables of how much relay may hold: bodies in memory, bytes in the store (pure).
 
-capacity_problems(server, storage, inbounds)  # -> [CapacityProblem(...)]
+    capacity_problems(server, storage, inbounds)  # -> [CapacityProblem(...)]
 """
 
 from __future__ import annotations

@@ -399,7 +399,9 @@ class Dispatcher:
         self._tasks.clear()
 
 
-async def _retire(worker: DestinationWorker, task: asyncio.Task[None] | None, grace: float) -> None:
+async def _retire(
+    worker: DestinationWorker, task: asyncio.Task[None] | None, grace: float
+) -> None:
     """Stop a removed destination's worker: no new claims, attempts in flight finish."""
     await worker.stop(grace)
     if task is not None:

@@ -302,6 +302,7 @@ class Metrics:
             age = now - s.oldest_pending_at if s.oldest_pending_at is not None else 0.0
             self.oldest_pending.labels(name).set(max(0.0, age))
 
+
     def set_circuits(self, breakers: Sequence[str], states: Mapping[str, GateState]) -> None:
         """The circuits of the destinations with a breaker, as the store has them now."""
         for name in breakers:

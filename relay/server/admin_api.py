@@ -86,7 +86,9 @@ def admin_middleware(token: Callable[[], str | None]) -> Any:
     return middleware
 
 
-async def _answer(request: web.Request, handler: Handler, token: str | None) -> web.StreamResponse:
+async def _answer(
+    request: web.Request, handler: Handler, token: str | None
+) -> web.StreamResponse:
     problem = admin_auth_problem(token, request.headers.get("Authorization"))
     if problem is not None:
         return error(401, problem, {"WWW-Authenticate": 'Bearer realm="relay admin"'})

@@ -245,7 +245,9 @@ class Control:
         one is sent again as a new delivery of its event to its destination (a one-event replay:
         the dead one stays in the history, and is resolved once the new one is delivered)."""
         delivery = await self._delivery(delivery_id)
-        if delivery.state is DeliveryState.PENDING and await self.store.retry_delivery(delivery_id):
+        if delivery.state is DeliveryState.PENDING and await self.store.retry_delivery(
+            delivery_id
+        ):
             log.info("delivery=%d retried now by %s", delivery_id, actor.name)
             await self.auditor.record(
                 actor, AuditAction.RETRY, str(delivery_id), destination=delivery.destination,
@@ -368,7 +370,7 @@ def _cannot_retry(delivery: DeliveryRecord) -> str:
     if state is DeliveryState.PENDING and delivery.next_attempt_at is None:
         return (
             f"delivery {delivery.id} waits behind an earlier delivery of the same subscriber"
-            ' (ordering = "subscriber"): it goes once that one is delivered or given up'
+            " (ordering = \"subscriber\"): it goes once that one is delivered or given up"
         )
     why = {
         DeliveryState.DELIVERING: "is being sent right now",

@@ -35,7 +35,9 @@ class Quotas:
 
     def apply(self, settings: Settings) -> None:
         """Take the quotas of a (re)loaded configuration."""
-        limits = {i.name: int(i.quota_mb * MB) for i in settings.inbounds if i.quota_mb is not None}
+        limits = {
+            i.name: int(i.quota_mb * MB) for i in settings.inbounds if i.quota_mb is not None
+        }
         for name in set(self._limits) - set(limits):
             self.metrics.inbound_quota.remove(name)
         for name, limit in limits.items():

@@ -1,6 +1,6 @@
 """Domain rules every backend applies the same way (pure): kept here so no backend invents its own.
 
-initial_state("crm", paused=frozenset({"crm"}))   # -> DeliveryState.PAUSED
+    initial_state("crm", paused=frozenset({"crm"}))   # -> DeliveryState.PAUSED
 """
 
 from __future__ import annotations

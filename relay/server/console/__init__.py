@@ -55,11 +55,7 @@ class Console:
 
     def routes(self) -> list[web.RouteDef]:
         p, r, c, a, access = (
-            self.pages,
-            self.replay_pages,
-            self.control_pages,
-            self.actions,
-            self.access,
+            self.pages, self.replay_pages, self.control_pages, self.actions, self.access
         )
         page = {
             "": p.overview,

@@ -1,10 +1,13 @@
 """The ingest part of a PostgreSQL group commit: a batch's requests, events and deliveries.
 
-Two round trips (``relay_ingest_head`` and ``relay_ingest_tail``, migration 0007) instead of
-one per statement: the writer shares the event loop with request handling, so under load every
-round trip also waits for a loop turn, and that wait, not the database, bounded ingest. The
-decisions between the two calls (which event is a duplicate, which delivery is paused, which
-subscriber queue it joins) are made here by relay.store.rules, as on SQLite.
+One round trip for a batch with no ordered destination (``relay_ingest``, migration 0008, its
+own transaction), else two in the writer's transaction (``relay_ingest_head`` and
+``relay_ingest_tail``, migration 0007), instead of one per statement: the writer shares the
+event loop with request handling, so under load every round trip also waits for a loop turn,
+and that wait, not the database, bounded ingest. With two calls, the decisions between them
+(which event is a duplicate, which delivery is paused, which subscriber queue it joins) are
+made here by relay.store.rules, as on SQLite; ``relay_ingest`` makes the first two in SQL, and
+the store contract suite holds both paths to the same results.
 """
 
 from __future__ import annotations

@@ -186,13 +186,10 @@ class SqliteAdminMixin:
         ordered: frozenset[str] = frozenset(),
     ) -> list[CreatedDelivery]:
         def insert(conn: sqlite3.Connection) -> tuple[list[CreatedDelivery], set[str]]:
-            if (
-                owner is not None
-                and not conn.execute(
-                    "SELECT 1 FROM replays WHERE id = ? AND owner = ? AND state = 'running'",
-                    (replay_id, owner),
-                ).fetchone()
-            ):
+            if owner is not None and not conn.execute(
+                "SELECT 1 FROM replays WHERE id = ? AND owner = ? AND state = 'running'",
+                (replay_id, owner),
+            ).fetchone():
                 raise ReplayEndedError(f"replay {replay_id} is no longer run by this process")
             now = clock()
             paused = frozenset(str(r[0]) for r in conn.execute(PAUSED))

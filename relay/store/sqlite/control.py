@@ -198,5 +198,8 @@ def audit_query(
         if value is not None:
             terms.append(f"{column} = ?")
             params.append(value)
-    sql = f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE {' AND '.join(terms)} ORDER BY id DESC LIMIT ?"
+    sql = (
+        f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE {' AND '.join(terms)}"
+        " ORDER BY id DESC LIMIT ?"
+    )
     return sql, [*params, limit]
