@@ -74,8 +74,12 @@ class OrderSink:
         self.log.append(Seen("start", event))
         self.in_flight[email] = self.in_flight.get(email, 0) + 1
         self.overlap = max(self.overlap, self.in_flight[email])
-        await asyncio.sleep(0.02)  # an attempt takes a while: overlaps would show
-        self.in_flight[email] -= 1
+        try:
+            await asyncio.sleep(0.02)  # an attempt takes a while: overlaps would show
+        finally:
+            # Also when the handler is cancelled because the sender was killed mid-attempt: that
+            # attempt is over, and the one sent again after its lease does not overlap it.
+            self.in_flight[email] -= 1
         status = 200
         if self.failures.get(event, 0) > 0:
             self.failures[event] -= 1
