@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, unquote_to_bytes
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.protocols.mandrill import parse_mandrill, rebatch_mandrill
+from relay.protocols.mandrill import _is_quote_plus_of, parse_mandrill, rebatch_mandrill
 
 ELEMENTS = st.lists(
     st.dictionaries(
@@ -41,3 +41,23 @@ def test_cut_batches_equal_rebatching_and_quote_plus_bodies_are_always_cut(
         assert event.rebatched in (None, rebatch_mandrill([event.raw]))
         if encoder == "quote_plus":
             assert event.rebatched is not None
+
+
+# Tokens a form encoder may write for one byte, quote_plus's own among them: a byte as it is
+# (where quote_plus escapes it), an escape of a byte it writes as it is, lower-case hex, "%20"
+# for a space, and a "%" that starts no escape.
+TOKENS = st.one_of(
+    st.binary(min_size=1, max_size=1).map(lambda b: quote_plus(b).encode()),
+    st.sampled_from([b"A", b"a", b"f", b"%41", b"%61", b"%2f", b"%2F", b"%20", b"+", b"%", b"%2",
+                     b"%zz", b"%25", b"-", b"~", b"%7E", b"%3a", b"%C3%A9", b"%c3%a9"]),
+)  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(TOKENS, max_size=12))
+def test_quote_plus_check_says_exactly_whether_a_value_is_quote_plus_of_what_it_decodes_to(
+    tokens: list[bytes],
+) -> None:
+    value = b"".join(tokens)
+    text = unquote_to_bytes(value.replace(b"+", b" "))
+    assert _is_quote_plus_of(value, text) == (value == quote_plus(text).encode())

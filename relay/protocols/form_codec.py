@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import binascii
 import codecs
-import re
 import string
 from urllib.parse import unquote
 
 __all__ = ["form_fields", "quote_plus_bytes"]
 
-# A "%" not followed by two hex digits: urllib keeps it as it is, quoted-printable would not.
-_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _ALWAYS_SAFE = frozenset(string.ascii_letters + string.digits + "_.-~")
 # Byte -> its quote_plus bytes; codecs.charmap_encode applies it to a Latin-1 view of the bytes
 # in C (twice as fast as str.translate with the same table, which has no fast path for it).
@@ -47,19 +44,18 @@ def unquote_plus(text: str) -> str:
     Percent escapes are quoted-printable's "=XX" with another sign: in text with no "=" of its
     own, no line break (quoted-printable's soft breaks) and no malformed escape, a2b_qp decodes
     exactly the bytes unquote would, and as ASCII text maps to the same bytes either way.
+    A malformed escape is found afterwards, in C: a2b_qp turns each good one into one byte and
+    keeps a malformed one (or drops a final "="), so the text is 2 shorter per escape only when
+    every one was good. (A regular expression looking for them took 4 ms on a 700 KB body.)
     """
     text = text.replace("+", " ")
-    if "%" not in text:
+    escapes = text.count("%")
+    if not escapes:
         return text
-    if (
-        text.isascii()
-        and "=" not in text
-        and "\n" not in text
-        and "\r" not in text
-        and _BAD_ESCAPE.search(text) is None
-    ):
+    if text.isascii() and "=" not in text and "\n" not in text and "\r" not in text:
         decoded = binascii.a2b_qp(text.replace("%", "=").encode("ascii"))
-        return decoded.decode("utf-8", "surrogateescape")
+        if len(decoded) == len(text) - 2 * escapes:
+            return decoded.decode("utf-8", "surrogateescape")
     return unquote(text, errors="surrogateescape")
 
 

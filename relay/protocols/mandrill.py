@@ -42,11 +42,9 @@ _TEXT_WHITESPACE = re.compile(r"[ \t\r\n]*")
 _SCANNER = json.JSONDecoder()
 # The bytes quote_plus writes as they are (space as "+"); it writes any other as 3 characters.
 _AS_IS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~ "
-# What quote_plus never writes: another character, a malformed or lower-case escape, or an
-# escape of a byte it writes as it is.
-_NOT_QUOTE_PLUS = re.compile(
-    rb"[^A-Za-z0-9_.~+%-]|%(?![0-9A-F]{2})|%(?:2[0DE]|3[0-9]|4[1-9A-F]|5[0-9AF]|6[1-9A-F]|7[0-9AE])"
-)
+# The characters quote_plus writes: its as-is bytes (space as "+") and upper-case escapes.
+_QUOTE_PLUS_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.~+%-"
+_LOWER_HEX = b"abcdef"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +112,7 @@ def _rebatched(body: bytes, fields: int, text: bytes, raws: list[bytes]) -> list
     instead of encoding a thousand elements again.
     """
     posted = [v for k, _, v in (p.partition(b"=") for p in body.split(b"&")) if k == _FIELD]
-    if len(posted) != fields or _NOT_QUOTE_PLUS.search(posted[-1]) is not None:
+    if len(posted) != fields or not _is_quote_plus_of(posted[-1], text):
         return [None] * len(raws)
     value, plain, escaped = posted[-1], 0, 0
     cuts: list[bytes | None] = []
@@ -126,6 +124,27 @@ def _rebatched(body: bytes, fields: int, text: bytes, raws: list[bytes]) -> list
         plain = start + len(raw)
         cuts.append(b"mandrill_events=%5B" + value[begin : plain + 2 * escaped] + b"%5D")
     return cuts
+
+
+def _is_quote_plus_of(value: bytes, text: bytes) -> bool:
+    """Whether ``value``, which decodes to ``text``, is exactly ``quote_plus(text)``: counted in
+    C (a regular expression over a 700 KB batch took 20 ms, half of parsing it).
+
+    Decoding maps each token of ``value`` to one byte of ``text``: a letter, digit or ``_.~-``
+    to itself, "+" to a space, a valid escape (3 characters) to any byte, and a "%" that starts
+    no valid escape to "%". With only those characters in ``value``, one "%" per byte quote_plus
+    escapes means no valid escape stands for a byte written as it is; the length quote_plus
+    gives then leaves no room for an invalid "%"; and as many of a-f as in ``text`` means
+    every escape's hex digits are upper-case, as quote_plus writes them.
+    """
+    escapes = len(text.translate(None, _AS_IS))
+    return (
+        not value.translate(None, _QUOTE_PLUS_CHARS)
+        and value.count(b"%") == escapes
+        and len(value) == len(text) + 2 * escapes
+        and len(value) - len(value.translate(None, _LOWER_HEX))
+        == len(text) - len(text.translate(None, _LOWER_HEX))
+    )
 
 
 def rebatch_mandrill(raws: Sequence[bytes]) -> bytes:
