@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import quote, quote_plus, unquote_to_bytes
+from urllib.parse import quote, quote_plus, unquote_plus, unquote_to_bytes
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.protocols.mandrill import _is_quote_plus_of, parse_mandrill, rebatch_mandrill
 
+# Texts that look like the "},{" between two elements, inside a string or a nested value.
+SEAMS = st.sampled_from(["},{", '"},{"', "}},{{", "] },{ ["])
 ELEMENTS = st.lists(
     st.dictionaries(
         st.sampled_from(["event", "_id", "msg", "ts", "x"]),
-        st.one_of(st.text(max_size=12), st.integers(), st.lists(st.text(max_size=4), max_size=3)),
+        st.one_of(
+            st.text(max_size=12),
+            SEAMS,
+            st.integers(),
+            st.lists(st.text(max_size=4), max_size=3),
+            st.dictionaries(SEAMS, SEAMS, max_size=2),
+        ),
         max_size=4,
     ),
     max_size=5,
 )
+# Python's default separators, and Mandrill's own (PHP's json_encode writes no whitespace).
+SEPARATORS = st.sampled_from([None, (",", ":")])
 ENCODERS = {
     "quote_plus": lambda text: quote_plus(text),
     "quote": lambda text: quote(text, safe=""),  # space as %20: not quote_plus's own text
@@ -27,16 +37,35 @@ ENCODERS = {
 
 
 @settings(max_examples=200, deadline=None)
-@given(ELEMENTS, st.sampled_from([None, 2]), st.booleans(), st.sampled_from(sorted(ENCODERS)))
+@given(
+    ELEMENTS,
+    st.sampled_from([None, 2]),
+    SEPARATORS,
+    st.booleans(),
+    st.sampled_from(sorted(ENCODERS)),
+)
 def test_cut_batches_equal_rebatching_and_quote_plus_bodies_are_always_cut(
-    elements: list[Any], indent: int | None, ascii_only: bool, encoder: str
+    elements: list[Any],
+    indent: int | None,
+    separators: tuple[str, str] | None,
+    ascii_only: bool,
+    encoder: str,
 ) -> None:
-    text = json.dumps(elements, indent=indent, ensure_ascii=ascii_only).encode()
+    text = json.dumps(
+        elements, indent=indent, separators=separators, ensure_ascii=ascii_only
+    ).encode()
     body = b"other=1&mandrill_events=" + ENCODERS[encoder](text).encode("ascii")
     batch = parse_mandrill(body)
     if batch.error is not None:  # "lower" can spoil the JSON's own letters
         assert encoder == "lower"
         return
+    # Each element's value and, on one line, its text as posted: whichever way it was cut.
+    posted = json.loads(unquote_plus(ENCODERS[encoder](text)))
+    assert [e.data for e in batch.events] == [e if isinstance(e, dict) else {} for e in posted]
+    if indent is None:
+        assert [e.raw for e in batch.events] == [
+            json.dumps(e, separators=separators, ensure_ascii=ascii_only).encode() for e in posted
+        ]
     for event in batch.events:
         assert event.rebatched in (None, rebatch_mandrill([event.raw]))
         if encoder == "quote_plus":

@@ -84,18 +84,23 @@ def parse_mandrill(body: bytes) -> MandrillBatch:
         text = values[-1].encode("utf-8")
     except UnicodeEncodeError:
         return MandrillBatch((), "mandrill_events is not valid UTF-8")
-    try:
-        items = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return MandrillBatch((), "mandrill_events is not valid JSON")
-    if not isinstance(items, list):
-        return MandrillBatch((), "mandrill_events is not a JSON array")
-    raws = _elements(text)
-    if raws is None:
-        spans = _element_spans(text)
-        raws = None if spans is None else [text[start:end] for start, end in spans]
-    if raws is None or len(raws) != len(items):
-        return MandrillBatch((), "could not split mandrill_events into elements")
+    split = _compact_objects(text)
+    if split is not None:
+        raws, items = split
+    else:
+        try:
+            items = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return MandrillBatch((), "mandrill_events is not valid JSON")
+        if not isinstance(items, list):
+            return MandrillBatch((), "mandrill_events is not a JSON array")
+        found = _elements(text)
+        if found is None:
+            spans = _element_spans(text)
+            found = None if spans is None else [text[start:end] for start, end in spans]
+        if found is None or len(found) != len(items):
+            return MandrillBatch((), "could not split mandrill_events into elements")
+        raws = found
     rebatched = _rebatched(body, len(values), text, raws)
     events = tuple(
         _event(raw, item, one) for raw, item, one in zip(raws, items, rebatched, strict=True)
@@ -181,6 +186,25 @@ def _form_fields(body: bytes) -> list[tuple[str, str]]:
     # exactly the bytes Mandrill signed.
     text = body.decode("utf-8", errors="surrogateescape")
     return form_fields(text)
+
+
+def _compact_objects(text: bytes) -> tuple[list[bytes], list[Any]] | None:
+    """Each element's text and value when the array is objects written without whitespace
+    between them (what Mandrill sends), else None.
+
+    The text is cut at every "},{" and each piece parsed on its own: a cut inside a string or a
+    nested value leaves a piece that is not valid JSON, so pieces that all parse are the
+    elements. That is one orjson parse instead of orjson's and then json's scanner's.
+    """
+    if not (text.startswith(b"[{") and text.endswith(b"}]")):
+        return None
+    pieces = text[2:-2].split(b"},{")
+    raws = [b"{" + piece + b"}" for piece in pieces]
+    try:
+        items = [orjson.loads(raw) for raw in raws]
+    except orjson.JSONDecodeError:
+        return None
+    return raws, items
 
 
 def _elements(text: bytes) -> list[bytes] | None:
