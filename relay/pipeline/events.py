@@ -15,7 +15,7 @@ from typing import Any
 
 from relay.config import DestinationConfig, InboundConfig
 from relay.model import UNKNOWN_TYPE, InboundKind, NewEvent, RawRequest
-from relay.pipeline.routing import event_facts, route, type_matches
+from relay.pipeline.routing import event_facts, needs_payload, route, type_matches
 from relay.protocols import audience_summary, mailchimp
 
 MANDRILL_CONTENT_TYPE = "application/x-www-form-urlencoded"
@@ -23,6 +23,12 @@ MANDRILL_CONTENT_TYPE = "application/x-www-form-urlencoded"
 # (an audience body, a Mandrill element, a journey header), and goes into log lines, metrics
 # lookups, the store and a header to every destination. Mailchimp's own types are under 20.
 MAX_TYPE_CHARS = 100
+
+
+# (type, list id) -> destinations and the ordered ones among them, for the events of one
+# request from one inbound: without `match` conditions nothing else decides a route, and a
+# Mandrill batch repeats a handful of types a thousand times.
+Routes = dict[tuple[str, str | None], tuple[tuple[str, ...], tuple[str, ...]]]
 
 
 def _ts(value: datetime | None) -> float | None:
@@ -85,13 +91,21 @@ def _event(
     parse_error: str | None = None,
     dedup_key: str | None = None,
     payload: bytes | None = None,
+    routes: Routes | None = None,
 ) -> NewEvent:
     type = type[:MAX_TYPE_CHARS]
-    facts = event_facts(
-        type=type, source=inbound.source, inbound=inbound.name, list_id=list_id, email=email,
-        data=data,
-    )  # fmt: skip
-    names = route(destinations, facts)
+    known = routes.get((type, list_id)) if routes is not None else None
+    if known is None:
+        facts = event_facts(
+            type=type, source=inbound.source, inbound=inbound.name, list_id=list_id, email=email,
+            data=data,
+        )  # fmt: skip
+        names = route(destinations, facts)
+        ordered = tuple(d.name for d in destinations if d.ordered and d.name in names)
+        if routes is not None:
+            routes[(type, list_id)] = names, ordered
+    else:
+        names, ordered = known
     return NewEvent(
         inbound=inbound.name,
         source=inbound.source,
@@ -105,7 +119,7 @@ def _event(
         dedup_key=dedup_key,
         payload=payload,
         payload_content_type=MANDRILL_CONTENT_TYPE if payload is not None else None,
-        ordered=tuple(d.name for d in destinations if d.ordered and d.name in names),
+        ordered=ordered,
     )
 
 
@@ -168,6 +182,7 @@ def _mandrill_events(
     inbound: InboundConfig, request: RawRequest, destinations: Sequence[DestinationConfig]
 ) -> list[NewEvent]:
     batch = mailchimp.parse_mandrill(request.body)
+    routes: Routes | None = None if needs_payload(destinations) else {}
     if batch.error is not None:
         return [
             _event(
@@ -192,6 +207,7 @@ def _mandrill_events(
             # Each element goes downstream as a one-event Mandrill batch, its JSON text unchanged,
             # so existing Mandrill handlers keep working and each delivery is one event.
             payload=e.rebatched if e.rebatched is not None else mailchimp.rebatch_mandrill([e.raw]),
+            routes=routes,
         )
         for e in batch.events
     ]
