@@ -24,6 +24,7 @@ from relay.cli.store_lock import StoreLock, StoreLockError, acquire_store_lock
 from relay.config import ConfigError, Settings, load_config
 from relay.config.checks import parse_listen
 from relay.obs.logs import flush_logs, setup_logging
+from relay.server import heap
 from relay.server.app import ADMIN_APP_KEY, FATAL_KEY, RELAY_KEY, config_reloader, create_app
 from relay.server.listener import RelaySite, fd_reserve, raise_fd_limit, relay_runner
 from relay.server.supervisor import Supervisor, watch_supervisor
@@ -176,6 +177,8 @@ async def _serve(settings: Settings, config_path: Path, siblings: Siblings | Non
     else:
         log.info("worker %d of %d started", siblings.index, siblings.count)
     reloader.serving()
+    # Startup's objects are all made now: collections need not walk them again.
+    heap.settle()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
