@@ -43,7 +43,7 @@ _SCANNER = json.JSONDecoder()
 # The bytes quote_plus writes as they are (space as "+"); it writes any other as 3 characters.
 _AS_IS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~ "
 # The characters quote_plus writes: its as-is bytes (space as "+") and upper-case escapes.
-_QUOTE_PLUS_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.~+%-"
+_QUOTE_PLUS_CHARS = _AS_IS.replace(b" ", b"+%")
 _LOWER_HEX = b"abcdef"
 
 
