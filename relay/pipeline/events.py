@@ -70,9 +70,11 @@ def derive_events(
     inbound: InboundConfig,
     request: RawRequest,
     destinations: Sequence[DestinationConfig],
+    mandrill_form: list[tuple[str, str]] | None = None,
 ) -> list[NewEvent]:
+    """``mandrill_form``: a Mandrill body's decoded fields, when the caller has them already."""
     if inbound.kind is InboundKind.MANDRILL:
-        return _mandrill_events(inbound, request, destinations)
+        return _mandrill_events(inbound, request, destinations, mandrill_form)
     if inbound.kind is InboundKind.JOURNEY:
         return [_journey_event(inbound, request, destinations)]
     return [_audience_event(inbound, request, destinations)]
@@ -179,9 +181,12 @@ def _journey_event(
 
 
 def _mandrill_events(
-    inbound: InboundConfig, request: RawRequest, destinations: Sequence[DestinationConfig]
+    inbound: InboundConfig,
+    request: RawRequest,
+    destinations: Sequence[DestinationConfig],
+    form: list[tuple[str, str]] | None,
 ) -> list[NewEvent]:
-    batch = mailchimp.parse_mandrill(request.body)
+    batch = mailchimp.parse_mandrill(request.body, form)
     routes: Routes | None = None if needs_payload(destinations) else {}
     if batch.error is not None:
         return [

@@ -25,6 +25,7 @@ import orjson
 from relay.protocols.mandrill import (
     MandrillBatch,
     MandrillEvent,
+    mandrill_form,
     mandrill_signature,
     parse_mandrill,
     rebatch_mandrill,
@@ -39,6 +40,7 @@ __all__ = [
     "MandrillEvent",
     "encode_audience",
     "mailchimp_signature",
+    "mandrill_form",
     "mandrill_signature",
     "parse_audience",
     "parse_form_json",

@@ -291,13 +291,20 @@ class Ingest:
         self, inbound: InboundConfig, request: web.Request, raw: RawRequest
     ) -> tuple[str | None, list[NewEvent]]:
         """Why the signature is refused, or None and the events; both read the whole body."""
-        reason = self._signature_problem(inbound, request, raw.body, raw.received_at)
+        # A Mandrill body's fields are decoded once, for the signature and for the events.
+        form = mailchimp.mandrill_form(raw.body) if inbound.kind is InboundKind.MANDRILL else None
+        reason = self._signature_problem(inbound, request, raw.body, raw.received_at, form)
         if reason is not None:
             return reason, []
-        return None, derive_events(inbound, raw, self.settings.destinations)
+        return None, derive_events(inbound, raw, self.settings.destinations, form)
 
     def _signature_problem(
-        self, inbound: InboundConfig, request: web.Request, body: bytes, now: float
+        self,
+        inbound: InboundConfig,
+        request: web.Request,
+        body: bytes,
+        now: float,
+        form: list[tuple[str, str]] | None = None,
     ) -> str | None:
         if inbound.kind is InboundKind.MAILCHIMP and inbound.signing_secret:
             return mailchimp.verify_mailchimp_signature(
@@ -307,7 +314,7 @@ class Ingest:
             assert inbound.public_url is not None  # config validation requires it
             header = request.headers.get("X-Mandrill-Signature")
             if mailchimp.verify_mandrill_signature(
-                inbound.mandrill_key, inbound.public_url, body, header
+                inbound.mandrill_key, inbound.public_url, body, header, form
             ):
                 return None
             # Mailchimp's "test webhook" POST is an empty batch signed with the fixed key
@@ -315,9 +322,9 @@ class Ingest:
             # key is public: anything else it signs, a body that does not parse included, is
             # refused, or anyone could have relay store and forward what they liked.
             if mailchimp.verify_mandrill_signature(
-                MANDRILL_TEST_KEY, inbound.public_url, body, header
+                MANDRILL_TEST_KEY, inbound.public_url, body, header, form
             ):
-                batch = mailchimp.parse_mandrill(body)
+                batch = mailchimp.parse_mandrill(body, form)
                 if batch.error is None and not batch.events:
                     return None
             return "invalid X-Mandrill-Signature"
