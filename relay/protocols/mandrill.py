@@ -33,6 +33,8 @@ __all__ = [
 ]
 
 _FIELD = b"mandrill_events"
+# quote_plus of "},{", between two elements of a compact array.
+_SEAM = b"%7D%2C%7B"
 _WHITESPACE = b" \t\r\n"
 _LEADING_WHITESPACE = re.compile(rb"[ \t\r\n]*")
 _STRUCTURAL = re.compile(rb'[\[\]{},"]')
@@ -103,24 +105,31 @@ def parse_mandrill(body: bytes, form: list[tuple[str, str]] | None = None) -> Ma
         if found is None or len(found) != len(items):
             return MandrillBatch((), "could not split mandrill_events into elements")
         raws = found
-    rebatched = _rebatched(body, len(values), text, raws)
+    rebatched = _rebatched(body, len(values), text, raws, compact=split is not None)
     events = tuple(
         _event(raw, item, one) for raw, item, one in zip(raws, items, rebatched, strict=True)
     )
     return MandrillBatch(events)
 
 
-def _rebatched(body: bytes, fields: int, text: bytes, raws: list[bytes]) -> list[bytes | None]:
+def _rebatched(
+    body: bytes, fields: int, text: bytes, raws: list[bytes], compact: bool
+) -> list[bytes | None]:
     """Each element's rebatch_mandrill([raw]), cut from the body, when the posted value is
     exactly what quote_plus makes of ``text`` (Python's and PHP's form encoders); else Nones.
 
     quote_plus works byte by byte, so an element's encoding is the run of the posted value
     that starts 2 characters further per escaped byte before it: one C count per element
-    instead of encoding a thousand elements again.
+    instead of encoding a thousand elements again. When ``raws`` were cut at every "},{" of
+    ``text`` (`_compact_objects`), the value is cut at every "%7D%2C%7B" instead: quote_plus
+    writes "%" only to start an escape, so those are exactly its encodings of the "},{"s.
     """
     posted = [v for k, _, v in (p.partition(b"=") for p in body.split(b"&")) if k == _FIELD]
     if len(posted) != fields or not _is_quote_plus_of(posted[-1], text):
         return [None] * len(raws)
+    if compact:
+        # text is "[{" + pieces joined by "},{" + "}]", so the value is "%5B%7B" + ... + "%7D%5D".
+        return [b"mandrill_events=%5B%7B" + p + b"%7D%5D" for p in posted[-1][6:-6].split(_SEAM)]
     value, plain, escaped = posted[-1], 0, 0
     cuts: list[bytes | None] = []
     for raw in raws:
