@@ -70,7 +70,7 @@ def derive_events(
     inbound: InboundConfig,
     request: RawRequest,
     destinations: Sequence[DestinationConfig],
-    mandrill_form: list[tuple[str, str]] | None = None,
+    mandrill_form: mailchimp.MandrillForm | None = None,
 ) -> list[NewEvent]:
     """``mandrill_form``: a Mandrill body's decoded fields, when the caller has them already."""
     if inbound.kind is InboundKind.MANDRILL:
@@ -184,10 +184,9 @@ def _mandrill_events(
     inbound: InboundConfig,
     request: RawRequest,
     destinations: Sequence[DestinationConfig],
-    form: list[tuple[str, str]] | None,
+    form: mailchimp.MandrillForm | None,
 ) -> list[NewEvent]:
     batch = mailchimp.parse_mandrill(request.body, form)
-    routes: Routes | None = None if needs_payload(destinations) else {}
     if batch.error is not None:
         return [
             _event(
@@ -199,6 +198,7 @@ def _mandrill_events(
                 parse_error=batch.error,
             )
         ]
+    routes: Routes | None = None if needs_payload(destinations) else {}
     return [
         _event(
             inbound,

@@ -25,6 +25,7 @@ import orjson
 from relay.protocols.mandrill import (
     MandrillBatch,
     MandrillEvent,
+    MandrillForm,
     mandrill_form,
     mandrill_signature,
     parse_mandrill,
@@ -38,6 +39,7 @@ __all__ = [
     "AudienceEvent",
     "MandrillBatch",
     "MandrillEvent",
+    "MandrillForm",
     "encode_audience",
     "mailchimp_signature",
     "mandrill_form",

@@ -25,12 +25,17 @@ from relay.protocols.form_codec import form_fields, quote_plus_bytes
 __all__ = [
     "MandrillBatch",
     "MandrillEvent",
+    "MandrillForm",
     "mandrill_form",
     "mandrill_signature",
     "parse_mandrill",
     "rebatch_mandrill",
     "verify_mandrill_signature",
 ]
+
+# A body's decoded form fields, in order (`mandrill_form`): decoded once per request, they
+# serve both the signature check and the parser.
+MandrillForm = list[tuple[str, str]]
 
 _FIELD = b"mandrill_events"
 # quote_plus of "},{", between two elements of a compact array.
@@ -73,7 +78,7 @@ class MandrillBatch:
     error: str | None = None
 
 
-def parse_mandrill(body: bytes, form: list[tuple[str, str]] | None = None) -> MandrillBatch:
+def parse_mandrill(body: bytes, form: MandrillForm | None = None) -> MandrillBatch:
     """Parse a Mandrill webhook body (`mandrill_events=<JSON array>`); never raises.
 
     `mandrill_events=[]`, Mailchimp's validation POST, is an empty batch without error. When
@@ -168,9 +173,7 @@ def rebatch_mandrill(raws: Sequence[bytes]) -> bytes:
     return b"mandrill_events=" + quote_plus_bytes(b"[" + b",".join(raws) + b"]")
 
 
-def mandrill_signature(
-    key: str, url: str, body: bytes, form: list[tuple[str, str]] | None = None
-) -> str:
+def mandrill_signature(key: str, url: str, body: bytes, form: MandrillForm | None = None) -> str:
     """Return the `X-Mandrill-Signature` for a body posted to `url` (exactly as configured).
 
     base64(HMAC-SHA1(key, url + every field's name and decoded value, sorted by name)).
@@ -191,7 +194,7 @@ def verify_mandrill_signature(
     url: str,
     body: bytes,
     header: str | None,
-    form: list[tuple[str, str]] | None = None,
+    form: MandrillForm | None = None,
 ) -> bool:
     """Check an `X-Mandrill-Signature` header in constant time; a missing header fails.
     ``form``: the body's `mandrill_form`, when the caller has it already."""
@@ -201,7 +204,7 @@ def verify_mandrill_signature(
     return hmac.compare_digest(expected, header.strip().encode("utf-8", "replace"))
 
 
-def mandrill_form(body: bytes) -> list[tuple[str, str]]:
+def mandrill_form(body: bytes) -> MandrillForm:
     """A Mandrill body's form fields, decoded (the whole batch: milliseconds for a large one).
     Ingest decodes them once and hands them to both the signature check and the parser."""
     # surrogateescape keeps every byte, even invalid UTF-8, so a signature is computed over

@@ -304,7 +304,7 @@ class Ingest:
         request: web.Request,
         body: bytes,
         now: float,
-        form: list[tuple[str, str]] | None = None,
+        form: mailchimp.MandrillForm | None = None,
     ) -> str | None:
         if inbound.kind is InboundKind.MAILCHIMP and inbound.signing_secret:
             return mailchimp.verify_mailchimp_signature(
