@@ -34,7 +34,7 @@ from pathlib import Path
 import procs
 import wrk
 
-from relay.model import new_id
+from relay.ids import new_id
 from relay.store.sqlite.migrate import migrate
 from relay.store.sqlite.writer import _CLAIM
 

@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from relay.config import StorageConfig
+from relay.ids import new_id
 from relay.model import (
     AttemptOutcome,
     AttemptResult,
@@ -25,7 +26,6 @@ from relay.model import (
     DeliveryState,
     NewEvent,
     RawRequest,
-    new_id,
 )
 from relay.server.console import control_pages
 from relay.store.sqlite.store import SqliteStore

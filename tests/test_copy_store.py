@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 
 from relay.config import BreakerPolicy, StorageConfig
+from relay.ids import new_id
 from relay.model import (
     AttemptOutcome,
     AttemptResult,
@@ -35,7 +36,6 @@ from relay.model import (
     NewReplay,
     RawRequest,
     ReplayState,
-    new_id,
 )
 from relay.store import Store, create_store
 from relay.store.copy import CopyError, CopyReport

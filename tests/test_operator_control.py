@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from relay.model import NewEvent, RawRequest, new_id
+from relay.ids import new_id
+from relay.model import NewEvent, RawRequest
 from tests.support import (
     ADMIN_TABLE,
     RelayFactory,

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from relay.model import ClaimedDelivery, NewEvent, NewReplay, RawRequest, new_id
+from relay.ids import new_id
+from relay.model import ClaimedDelivery, NewEvent, NewReplay, RawRequest
 from relay.store.base import POLL_INTERVAL
 from tests.backends import RelayBackend
 from tests.support import (

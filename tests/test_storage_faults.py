@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from relay.config import StorageConfig
+from relay.ids import new_id
 from relay.model import (
     AttemptOutcome,
     AttemptResult,
@@ -23,7 +24,6 @@ from relay.model import (
     IngestResult,
     NewEvent,
     RawRequest,
-    new_id,
 )
 from relay.store import StoreError
 from relay.store.sqlite.store import SqliteStore

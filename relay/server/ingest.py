@@ -16,7 +16,8 @@ from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import Counter, Histogram
 
 from relay.config import InboundConfig, Settings
-from relay.model import InboundKind, NewEvent, RawRequest, new_id
+from relay.ids import new_id
+from relay.model import InboundKind, NewEvent, RawRequest
 from relay.obs.logs import HotLog
 from relay.obs.metrics import Metrics
 from relay.pipeline.events import derive_events

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay.model import DeliveryFilter, DeliveryState, EventFilter, encode_ulid
+from relay.ids import encode_ulid
+from relay.model import DeliveryFilter, DeliveryState, EventFilter
 from relay.store.globs import parse_glob, upper_bound
 from relay.store.rows import DELIVERY_COLUMNS, EVENT_COLUMNS, LISTING_EVENT_COLUMNS
 from relay.store.rules import email_key

@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 
+from relay.ids import new_id
 from relay.model import (
     AttemptOutcome,
     AttemptResult,
@@ -22,7 +23,6 @@ from relay.model import (
     EventRecord,
     NewEvent,
     RawRequest,
-    new_id,
 )
 from relay.store import Signal, SignalKind, Store, StoreError
 from relay.store.base import ANY

@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 
 from relay.config import StorageConfig, redact_url
+from relay.ids import new_id
 from relay.model import (
     AttemptRecord,
     AttemptResult,
@@ -28,7 +29,6 @@ from relay.model import (
     IngestResult,
     NewEvent,
     RawRequest,
-    new_id,
     process_owner,
 )
 from relay.store.base import ANY, DestinationStats, Signal, SignalKind, Store, StoreError

@@ -22,6 +22,7 @@ from typing import Any
 import aiosqlite
 
 from relay.config import StorageConfig
+from relay.ids import new_id
 from relay.model import (
     AttemptRecord,
     AttemptResult,
@@ -31,7 +32,6 @@ from relay.model import (
     IngestResult,
     NewEvent,
     RawRequest,
-    new_id,
 )
 from relay.store.base import DestinationStats, Signal, SignalKind, Store, StoreError
 from relay.store.gate import (
