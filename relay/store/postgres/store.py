@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 
 from relay.config import StorageConfig, redact_url
-from relay.ids import new_id
+from relay.ids import new_ids
 from relay.model import (
     AttemptRecord,
     AttemptResult,
@@ -177,7 +177,7 @@ class PostgresStore(PostgresArchive, PostgresControl, Store):
         return float(rows[0][0])
 
     async def ingest(self, request: RawRequest, events: Sequence[NewEvent]) -> IngestResult:
-        ids = tuple(new_id() for _ in events)
+        ids = tuple(new_ids(len(events)))
         duplicates: dict[str, str] = await self._writer.submit(IngestOp(request, events, ids))
         return IngestResult(ids, duplicates)
 

@@ -22,7 +22,7 @@ from typing import Any
 import aiosqlite
 
 from relay.config import StorageConfig
-from relay.ids import new_id
+from relay.ids import new_ids
 from relay.model import (
     AttemptRecord,
     AttemptResult,
@@ -309,7 +309,7 @@ class SqliteStore(SqliteAdminMixin, SqliteControlMixin, Store):
     async def ingest(self, request: RawRequest, events: Sequence[NewEvent]) -> IngestResult:
         # Ids are made here, on the event loop, in the order ops join the writer's queue, which is
         # the order they commit: an events cursor never passes an id that commits later.
-        ids = tuple(new_id() for _ in events)
+        ids = tuple(new_ids(len(events)))
         duplicates: dict[str, str] = await self._submit(IngestOp(request, events, ids))
         return IngestResult(ids, duplicates)
 
