@@ -6,12 +6,14 @@ import base64
 import json
 import sqlite3
 import time
+from collections import Counter
 from pathlib import Path
 from urllib.parse import quote_plus
 
 import orjson
 import pytest
 
+from relay.protocols.event_types import KNOWN_TYPES
 from relay.protocols.mailchimp import mailchimp_signature, mandrill_signature, parse_mandrill
 from relay.protocols.standard_webhooks import verify_standard_webhook
 from tests.support import (
@@ -99,6 +101,33 @@ async def test_mandrill_batch_becomes_one_event_and_delivery_per_element(
     assert expected  # the sample has both kinds
     await wait_until(lambda: len(sink.at("/bounces")) == len(expected))
     assert sorted(r.headers["X-Relay-Event-Type"] for r in sink.at("/bounces")) == expected
+
+
+async def test_mandrill_batch_counts_each_event_by_type(
+    tmp_path: Path, start_relay: RelayFactory
+) -> None:
+    relay = await start_relay(config_text(tmp_path / "relay.db", inbounds=INBOUNDS))
+    elements = json.loads(
+        (SAMPLES / "mandrill_all_event_types.mandrill_events.json").read_text()
+    )
+    # Every type three times (a later ts each time, so none is a duplicate).
+    batch = [{**e, "ts": e["ts"] + i} for i in range(3) for e in elements]
+    body = b"mandrill_events=" + quote_plus(json.dumps(batch)).encode()
+    sig = mandrill_signature(MANDRILL_KEY, PUBLIC_URL, body)
+    status, _ = await relay.post(
+        "/hooks/mandrill", body, query="", headers={"X-Mandrill-Signature": sig}
+    )
+    assert status == 200
+    assert relay.session is not None
+    async with relay.session.get(relay.url("/metrics")) as r:
+        metrics = await r.text()
+    counted = Counter[str]()
+    for line in metrics.splitlines():
+        if line.startswith('relay_events_received_total{inbound="tx"'):
+            counted[line.split('type="')[1].split('"')[0]] += int(float(line.split()[-1]))
+    types = [e.get("event") or f"{e['type']}.{e['action']}" for e in batch]
+    assert counted == Counter(t if t in KNOWN_TYPES else "other" for t in types)
+    assert len(counted) > 1
 
 
 async def test_mandrill_bad_signature_is_401_and_nothing_stored(
