@@ -85,7 +85,10 @@ def email_key(email: str | None) -> str | None:
     """What an email is found by: ASCII letters lower-cased (``Ann@Example.COM`` is
     ``ann@example.com``). ASCII only, as SQLite's and the migrations' lower() are, so every
     backend and every row, old or new, agree."""
-    return email.translate(_ASCII_LOWER) if email is not None else None
+    if email is None:
+        return None
+    # str.lower() of ASCII text changes A-Z and nothing else, at a tenth of translate's cost.
+    return email.lower() if email.isascii() else email.translate(_ASCII_LOWER)
 
 
 def order_key(list_id: str | None, email: str | None) -> int | None:
