@@ -49,6 +49,14 @@ def test_stats_and_oldest_pending_use_the_state_index(conn: sqlite3.Connection) 
     assert_indexed(plan(conn, store_sqlite._OLDEST_PENDING, ("crm",)), "deliveries_state")
 
 
+def test_dead_letter_probe_and_resolve_use_the_partial_dead_index(
+    conn: sqlite3.Connection,
+) -> None:
+    assert_indexed(plan(conn, sqlite_batch.DEAD_LETTER_WAITING, ("crm",)), "deliveries_dead")
+    text = plan(conn, sqlite_batch.RESOLVE_DEAD, (1.0, "delivery 1", "crm", "e1"))
+    assert_indexed(text, "deliveries_dead")
+
+
 def test_claimed_detail_reads_by_primary_keys(conn: sqlite3.Connection) -> None:
     sql = sqlite_batch._CLAIMED_DETAIL.format(ids="?,?")
     text = plan(conn, sql, (1, 2))

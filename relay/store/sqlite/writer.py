@@ -107,6 +107,15 @@ RESOLVE_DEAD = (
 )
 
 
+# A dead delivery of this destination that no delivery of its event has resolved yet. Named
+# index: without statistics the planner takes deliveries_state, which walks every dead
+# delivery of the destination, resolved ones included, to find one that is not.
+DEAD_LETTER_WAITING = (
+    "SELECT 1 FROM deliveries INDEXED BY deliveries_dead"
+    " WHERE destination = ? AND state = 'dead' AND resolved_at IS NULL LIMIT 1"
+)
+
+
 @dataclass(eq=False)
 class Op:
     """One queued write; its future is resolved on the event loop after the commit."""
@@ -375,13 +384,21 @@ def _write_completes(
             resolved.append((finished, resolver(d.id), d.destination, d.event_id))
     conn.executemany(_INSERT_ATTEMPT, attempts)
     if resolved:
-        conn.executemany(RESOLVE_DEAD, resolved)
+        # Most destinations have no dead letter waiting: one probe of the partial index per
+        # destination spares a statement per delivered attempt (2 us each, in a drain).
+        waiting = {name for name in {r[2] for r in resolved} if _has_dead_letters(conn, name)}
+        if waiting:
+            conn.executemany(RESOLVE_DEAD, [r for r in resolved if r[2] in waiting])
     uncharged = [ops[i].delivery for i, c in gated.items() if held[i] and not c.charged]
     gates.hold_attempts(conn, uncharged)
     circuits.update(ops[i].delivery.destination for i, c in gated.items() if c.change)
     return [
         dataclasses.replace(gated[i], held=ok) if i in gated else ok for i, ok in enumerate(held)
     ]
+
+
+def _has_dead_letters(conn: sqlite3.Connection, destination: str) -> bool:
+    return conn.execute(DEAD_LETTER_WAITING, (destination,)).fetchone() is not None
 
 
 def _claim_op(conn: sqlite3.Connection, op: ClaimOp, now: float, full: bool) -> Any:
