@@ -32,10 +32,11 @@ class Sender:
         # limit=0: per-destination concurrency is enforced by the workers, and a global
         # connection cap would let one slow destination starve the others.
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, enable_cleanup_closed=True)
+        # No skip_auto_headers: every attempt sets its own Content-Type, and a session with
+        # headers to skip copies and merges each request's headers once more (1.4 us).
         self._session = aiohttp.ClientSession(
             connector=connector,
             headers={"User-Agent": USER_AGENT},
-            skip_auto_headers=("Content-Type",),
             auto_decompress=False,
         )
 
