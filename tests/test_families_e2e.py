@@ -12,6 +12,7 @@ from urllib.parse import quote_plus
 
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from relay.protocols.event_types import KNOWN_TYPES
 from relay.protocols.mailchimp import mailchimp_signature, mandrill_signature, parse_mandrill
@@ -122,9 +123,10 @@ async def test_mandrill_batch_counts_each_event_by_type(
     async with relay.session.get(relay.url("/metrics")) as r:
         metrics = await r.text()
     counted = Counter[str]()
-    for line in metrics.splitlines():
-        if line.startswith('relay_events_received_total{inbound="tx"'):
-            counted[line.split('type="')[1].split('"')[0]] += int(float(line.split()[-1]))
+    for family in text_string_to_metric_families(metrics):
+        for point in family.samples:
+            if point.name == "relay_events_received_total" and point.labels["inbound"] == "tx":
+                counted[point.labels["type"]] += int(point.value)
     types = [e.get("event") or f"{e['type']}.{e['action']}" for e in batch]
     assert counted == Counter(t if t in KNOWN_TYPES else "other" for t in types)
     assert len(counted) > 1
