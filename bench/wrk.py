@@ -86,15 +86,17 @@ def combine(results: list[WrkResult]) -> WrkResult:
 
 
 def run(url: str, body_file: Path, *, duration: float, connections: int,
-        cpu: int | None, log: Path, same_body: bool = False) -> WrkResult:
+        cpu: int | None, log: Path, same_body: bool = False, scattered: bool = False) -> WrkResult:
     """One wrk run with one thread; its full output is kept in ``log``. Each request gets its
-    own ``data[id]`` unless ``same_body`` (the duplicate path: the body byte for byte)."""
+    own ``data[id]`` unless ``same_body`` (the duplicate path: the body byte for byte);
+    ``scattered`` sends the ids, and addresses made from them, in no order (post.lua)."""
     return run_many([url], body_file, duration=duration, connections=connections, cpu=cpu,
-                    log=log, same_body=same_body)
+                    log=log, same_body=same_body, scattered=scattered)
 
 
 def run_many(urls: list[str], body_file: Path, *, duration: float, connections: int,
-             cpu: int | None, log: Path, same_body: bool = False) -> WrkResult:
+             cpu: int | None, log: Path, same_body: bool = False,
+             scattered: bool = False) -> WrkResult:
     """One wrk process per URL, all at once, ``connections`` shared out among them."""
     wrk = find_wrk()
     if wrk is None:
@@ -105,6 +107,8 @@ def run_many(urls: list[str], body_file: Path, *, duration: float, connections: 
         cmd = [wrk, "-t1", f"-c{share}", f"-d{max(1, round(duration))}s", "--latency",
                "--timeout", "10s", "-s", str(LUA), url, "--", str(body_file)]
         cmd.append("same" if same_body else str(next_first_id()))
+        if scattered and not same_body:
+            cmd.append("scattered")
         if cpu is not None:
             cmd = ["taskset", "-c", str(cpu), *cmd]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
